@@ -1,0 +1,125 @@
+"""The transport contract every broker adapter implements.
+
+A *task* is published once and routed to every targeted consumer *group* (fan-out across groups);
+inside a group each task is handed to one consumer at a time (competing consumers). A *reply
+channel* is a named queue of results with a single reader group.
+
+Guarantees every implementation gives (the contract tests in ``tests/contract`` check them):
+
+* ``publish`` returns only once the broker has durably stored the task for every target group
+  (publisher confirm / ``acks=all`` / committed transaction); otherwise it raises.
+* A delivery that is neither acked nor nacked - the consumer crashed, the connection died - is
+  delivered again (at-least-once). ``Delivery.attempt`` counts deliveries, 1 on the first.
+* ``consume`` never has more than ``prefetch`` unsettled deliveries outstanding.
+* Bodies that are not valid envelopes are dead-lettered with the reason by the transport itself;
+  consumers only ever see validated envelopes.
+* ``close`` releases unsettled deliveries back to the broker; nothing is left half-acknowledged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol, Self, TypeVar, runtime_checkable
+
+from brokers.envelope import Result, Task
+
+M_co = TypeVar("M_co", Task, Result, covariant=True)
+
+
+@runtime_checkable
+class Delivery(Protocol[M_co]):
+    """One delivered, validated message and the means to settle it."""
+
+    @property
+    def message(self) -> M_co: ...
+
+    @property
+    def attempt(self) -> int:
+        """How many times this message has been delivered to this group (1 on the first)."""
+        ...
+
+    async def ack(self) -> None:
+        """Mark the message done. Idempotent. Call only after its effects are durable."""
+        ...
+
+    async def nack(self, *, requeue: bool, delay: float = 0.0, reason: str = "") -> None:
+        """Give the message back: ``requeue=True`` retries it after ``delay`` seconds (subject
+        to the transport's delivery limit), ``requeue=False`` dead-letters it with ``reason``."""
+        ...
+
+
+@dataclass(frozen=True)
+class GroupStats:
+    """A group's (or reply channel's) backlog as the broker sees it."""
+
+    group: str
+    ready: int  # waiting for a consumer, delayed retries included
+    in_flight: int  # delivered and not yet settled
+    dead: int  # dead-lettered
+    consumers: int  # live consumers
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    body: bytes
+    reason: str
+
+
+class Transport(Protocol):
+    """The async transport contract. Build one with :func:`brokers.open_transport`."""
+
+    @property
+    def url(self) -> str:
+        """The broker URL with any password removed (safe to log)."""
+        ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+    async def publish(self, task: Task) -> None:
+        """Durably store ``task`` for each of ``task.groups`` (empty: every subscribed group).
+
+        A named group that has no subscription yet gets one, so its tasks wait for its first
+        worker. Raises :class:`~brokers.errors.Unroutable` if the task would reach no group.
+        """
+        ...
+
+    def consume(
+        self, group: str, *, prefetch: int = 16, until_empty: bool = False
+    ) -> AsyncIterator[Delivery[Task]]:
+        """Subscribe ``group`` and yield its tasks. With ``until_empty`` the iterator ends once
+        the group has nothing ready and nothing delayed (``worker run --burst``)."""
+        ...
+
+    async def reply(self, reply_to: str, result: Result) -> str:
+        """Durably publish ``result`` to the channel ``reply_to``; if that channel no longer
+        exists (its waiter left), to the default results channel. Returns the channel used."""
+        ...
+
+    async def open_reply_channel(self) -> str:
+        """Create a private reply channel and return its name."""
+        ...
+
+    async def close_reply_channel(self, channel: str) -> None:
+        """Delete a private reply channel and whatever is still in it."""
+        ...
+
+    def replies(
+        self, channel: str, *, prefetch: int = 64, until_empty: bool = False
+    ) -> AsyncIterator[Delivery[Result]]:
+        """Yield the results sent to ``channel``; ack each once it has been handled."""
+        ...
+
+    async def stats(self, group: str) -> GroupStats:
+        """Backlog, in-flight, dead and live consumers of one group."""
+        ...
+
+    async def groups(self) -> tuple[str, ...]:
+        """Every group that has a subscription."""
+        ...
+
+    async def dead_letters(self, group: str, *, limit: int = 100) -> list[DeadLetter]:
+        """Look at (without removing) a group's dead-lettered messages and their reasons."""
+        ...

@@ -1,0 +1,188 @@
+"""The wire envelopes: :class:`Task` and :class:`Result`, JSON only, schema version ``v``.
+
+Both models are frozen and validated strictly. :func:`decode_task` / :func:`decode_result` are the
+only way bytes from a broker become envelopes; they raise :class:`~brokers.errors.EnvelopeError`
+(bad JSON, schema violation) or :class:`~brokers.errors.EnvelopeVersionError` (a ``v`` this code
+does not know) and never anything else, so a consumer can dead-letter the message and go on.
+
+The JSON Schemas in ``brokers/schema/`` are generated from these models (``python -m
+brokers.schema``) and a test keeps them in sync, so producers in other languages can write tasks.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+
+from brokers.errors import EnvelopeError, EnvelopeVersionError
+
+SCHEMA_VERSION = 1
+
+#: Group names become queue names and Kafka group ids: keep them boring.
+GroupName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+#: Identifiers (task ids, correlation ids, reply channel names).
+Ident = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")]
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+ContentType = Annotated[str, StringConstraints(pattern=r"^image/[a-z0-9.+-]{1,64}$")]
+TraceParent = Annotated[
+    str, StringConstraints(pattern=r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class BlobRef(_Frozen):
+    """Claim check: where the bytes are and what they must hash to."""
+
+    uri: Annotated[str, StringConstraints(min_length=1, max_length=2048)]
+    sha256: Sha256
+    size: Annotated[int, Field(ge=0)]
+    content_type: ContentType
+
+
+class Task(_Frozen):
+    """One unit of work: process one stored image for the targeted groups."""
+
+    v: Literal[1] = SCHEMA_VERSION
+    id: Ident = Field(description="Unique, stable across redeliveries; output keys derive from it")
+    created_at: datetime
+    groups: tuple[GroupName, ...] = Field(
+        default=(), description="Target groups; empty means every subscribed group"
+    )
+    blob: BlobRef
+    filename: Annotated[str, StringConstraints(max_length=255)] = ""
+    params: dict[str, JsonValue] = Field(default_factory=dict)
+    reply_to: Ident = "results"
+    correlation_id: Ident
+    attempt: Annotated[int, Field(ge=1)] = 1
+    deadline: datetime | None = None
+    trace: TraceParent | None = None
+
+    @classmethod
+    def new(
+        cls,
+        blob: BlobRef,
+        *,
+        groups: tuple[str, ...] = (),
+        filename: str = "",
+        params: dict[str, JsonValue] | None = None,
+        reply_to: str = "results",
+        correlation_id: str | None = None,
+        deadline: datetime | None = None,
+    ) -> Task:
+        """Build a task with a fresh id; the correlation id defaults to the task id."""
+        task_id = uuid.uuid4().hex
+        return cls(
+            id=task_id,
+            created_at=datetime.now(UTC),
+            groups=groups,
+            blob=blob,
+            filename=filename[-255:],
+            params=params or {},
+            reply_to=reply_to,
+            correlation_id=correlation_id or task_id,
+            deadline=deadline,
+        )
+
+
+class Output(_Frozen):
+    name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+    uri: str
+    width: Annotated[int, Field(ge=1)]
+    height: Annotated[int, Field(ge=1)]
+    format: Annotated[str, StringConstraints(pattern=r"^[a-z0-9]{1,16}$")]
+    bytes: Annotated[int, Field(ge=0)]
+
+
+class ErrorInfo(_Frozen):
+    code: Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]+(\.[a-z0-9_]+)+$")]
+    message: Annotated[str, StringConstraints(max_length=2000)]
+    retryable: bool = False
+
+
+class WorkerInfo(_Frozen):
+    id: str
+    host: str
+    pid: int
+
+
+class Result(_Frozen):
+    """The outcome of one task in one group, sent to the task's ``reply_to`` channel."""
+
+    v: Literal[1] = SCHEMA_VERSION
+    task_id: Ident
+    correlation_id: Ident
+    group: GroupName
+    status: Literal["ok", "error"]
+    outputs: tuple[Output, ...] = ()
+    meta: dict[str, JsonValue] = Field(default_factory=dict)
+    error: ErrorInfo | None = None
+    worker: WorkerInfo
+    attempt: Annotated[int, Field(ge=1)] = 1
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _status_matches_error(self) -> Result:
+        if (self.status == "error") != (self.error is not None):
+            raise ValueError("status 'error' requires an error object and 'ok' forbids one")
+        return self
+
+
+def encode(message: Task | Result) -> bytes:
+    """Serialise an envelope to compact UTF-8 JSON."""
+    return message.model_dump_json().encode()
+
+
+def _check_version(body: bytes | str) -> None:
+    try:
+        obj: Any = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise EnvelopeError(f"not valid JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise EnvelopeError(f"expected a JSON object, got {type(obj).__name__}")
+    version = obj.get("v")
+    if version != SCHEMA_VERSION:
+        raise EnvelopeVersionError(
+            f"unsupported schema version v={version!r} (this worker understands v={SCHEMA_VERSION})"
+        )
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "<root>"
+        parts.append(f"{where}: {err['msg']}")
+    more = exc.error_count() - len(parts)
+    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+
+
+def decode_task(body: bytes | str) -> Task:
+    """Parse and validate a task body. Raises only :class:`EnvelopeError` subclasses."""
+    _check_version(body)
+    try:
+        return Task.model_validate_json(body)
+    except ValidationError as exc:
+        raise EnvelopeError(f"invalid task: {_describe(exc)}") from exc
+
+
+def decode_result(body: bytes | str) -> Result:
+    """Parse and validate a result body. Raises only :class:`EnvelopeError` subclasses."""
+    _check_version(body)
+    try:
+        return Result.model_validate_json(body)
+    except ValidationError as exc:
+        raise EnvelopeError(f"invalid result: {_describe(exc)}") from exc

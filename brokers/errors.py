@@ -1,0 +1,242 @@
+"""The pixfleet error hierarchy.
+
+Every error carries a stable, dotted ``code`` (``"broker.unavailable"``) that scripts and
+result consumers may rely on, and a ``retryable`` flag that says whether trying the same thing
+again later can succeed. Adapters translate library exceptions into these with
+``raise ... from exc`` so callers never have to know aio-pika, aiokafka or sqlite3.
+
+The CLI renders any of them as one line: ``error[<code>]: <message>``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class PixfleetError(Exception):
+    """Base of every error pixfleet raises on purpose."""
+
+    code: ClassVar[str] = "pixfleet.error"
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def one_line(self) -> str:
+        """The user-facing rendering: ``error[code]: message`` on a single line."""
+        text = " ".join(self.message.split())
+        return f"error[{self.code}]: {text}"
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+class ConfigError(PixfleetError):
+    code = "config.invalid"
+
+
+class InvalidURL(ConfigError):
+    code = "config.invalid_url"
+
+
+# -- transports ------------------------------------------------------------------------------
+
+
+class BrokerError(PixfleetError):
+    """A transport failed to do what was asked."""
+
+    code = "broker.error"
+
+
+class BrokerUnavailable(BrokerError):
+    """The broker cannot be reached (refused, timed out, locked for too long)."""
+
+    code = "broker.unavailable"
+    retryable = True
+
+
+class PublishFailed(BrokerError):
+    """The broker did not confirm a publish; the message may not be stored."""
+
+    code = "broker.publish_failed"
+    retryable = True
+
+
+class Unroutable(BrokerError):
+    """A message would reach no queue / group: it is refused rather than silently dropped."""
+
+    code = "broker.unroutable"
+
+
+class TransportClosed(BrokerError):
+    code = "broker.closed"
+
+
+# -- envelopes -------------------------------------------------------------------------------
+
+
+class EnvelopeError(PixfleetError):
+    """A message body is not a valid envelope (bad JSON or schema violation)."""
+
+    code = "envelope.invalid"
+
+
+class EnvelopeVersionError(EnvelopeError):
+    """A message body declares a schema version this code does not understand."""
+
+    code = "envelope.version"
+
+
+# -- blob store ------------------------------------------------------------------------------
+
+
+class BlobError(PixfleetError):
+    code = "blob.error"
+
+
+class BlobNotFound(BlobError):
+    code = "blob.not_found"
+
+
+class BlobIntegrityError(BlobError):
+    """The stored bytes do not match the sha256/size the task promised."""
+
+    code = "blob.corrupt"
+
+
+class BlobKeyError(BlobError):
+    """A key or URI points outside the store root (or is not a key of this store)."""
+
+    code = "blob.bad_key"
+
+
+class BlobUnavailable(BlobError):
+    """The store could not be read or written (I/O error, disk full)."""
+
+    code = "blob.unavailable"
+    retryable = True
+
+
+# -- inputs (uploader) -----------------------------------------------------------------------
+
+
+class InputError(PixfleetError):
+    code = "input.invalid"
+
+
+class InputMissing(InputError):
+    code = "input.missing"
+
+
+class InputUnreadable(InputError):
+    code = "input.unreadable"
+
+
+class InputEmpty(InputError):
+    code = "input.empty"
+
+
+class InputTooLarge(InputError):
+    code = "input.too_large"
+
+
+class InputNotImage(InputError):
+    code = "input.not_image"
+
+
+# -- image processing (worker) ---------------------------------------------------------------
+
+
+class ImageError(PixfleetError):
+    code = "image.error"
+
+
+class ImageInvalid(ImageError):
+    """Corrupt, truncated or undecodable image data."""
+
+    code = "image.invalid"
+
+
+class ImageTooLarge(ImageError):
+    """Too many pixels (decompression bomb) or too many bytes."""
+
+    code = "image.too_large"
+
+
+class UnsupportedFormat(ImageError):
+    code = "image.unsupported"
+
+
+class ParamsInvalid(PixfleetError):
+    code = "params.invalid"
+
+
+class TaskTimeout(PixfleetError):
+    code = "task.timeout"
+
+
+class TaskExpired(PixfleetError):
+    """The task's deadline passed before a worker got to it."""
+
+    code = "task.expired"
+
+
+class PipelineUnknown(ConfigError):
+    code = "pipeline.unknown"
+
+
+class WorkerCrashed(PixfleetError):
+    """The process running the pipeline died (out of memory, killed)."""
+
+    code = "worker.crashed"
+    retryable = True
+
+
+class ResultTimeout(PixfleetError):
+    """``--wait`` gave up before every expected result arrived."""
+
+    code = "result.timeout"
+
+
+ALL_ERRORS: tuple[type[PixfleetError], ...] = (
+    PixfleetError,
+    ConfigError,
+    InvalidURL,
+    BrokerError,
+    BrokerUnavailable,
+    PublishFailed,
+    Unroutable,
+    TransportClosed,
+    EnvelopeError,
+    EnvelopeVersionError,
+    BlobError,
+    BlobNotFound,
+    BlobIntegrityError,
+    BlobKeyError,
+    BlobUnavailable,
+    InputError,
+    InputMissing,
+    InputUnreadable,
+    InputEmpty,
+    InputTooLarge,
+    InputNotImage,
+    ImageError,
+    ImageInvalid,
+    ImageTooLarge,
+    UnsupportedFormat,
+    ParamsInvalid,
+    TaskTimeout,
+    TaskExpired,
+    PipelineUnknown,
+    WorkerCrashed,
+    ResultTimeout,
+)
+
+
+def by_code(code: str) -> type[PixfleetError]:
+    """The error class for a stable code (``PixfleetError`` if the code is unknown)."""
+    for cls in ALL_ERRORS:
+        if cls.code == code:
+            return cls
+    return PixfleetError

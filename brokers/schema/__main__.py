@@ -1,0 +1,6 @@
+"""Regenerate the checked-in JSON Schemas: ``python -m brokers.schema``."""
+
+from brokers.schema import write_all
+
+for path in write_all():
+    print(path)  # noqa: T201 - this is a tiny CLI
