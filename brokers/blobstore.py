@@ -130,9 +130,7 @@ class FileBlobStore:
         path = self.path_for_key(self.upload_key(digest))
         if not (path.is_file() and path.stat().st_size == len(data)):
             self._write_atomic(path, data)
-        return BlobRef(
-            uri=path.as_uri(), sha256=digest, size=len(data), content_type=content_type
-        )
+        return BlobRef(uri=path.as_uri(), sha256=digest, size=len(data), content_type=content_type)
 
     def put_output_sync(self, task_id: str, group: str, name: str, data: bytes) -> str:
         path = self.path_for_key(self.output_key(task_id, group, name))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
     BaseModel,
@@ -28,7 +28,7 @@ from pydantic import (
 
 from brokers.errors import EnvelopeError, EnvelopeVersionError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 
 #: Group names become queue names and Kafka group ids: keep them boring.
 GroupName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]

@@ -168,6 +168,12 @@ class UnsupportedFormat(ImageError):
     code = "image.unsupported"
 
 
+class PipelineError(PixfleetError):
+    """A pipeline failed in a way it did not classify (a bug or an unexpected library error)."""
+
+    code = "pipeline.failed"
+
+
 class ParamsInvalid(PixfleetError):
     code = "params.invalid"
 
@@ -225,6 +231,7 @@ ALL_ERRORS: tuple[type[PixfleetError], ...] = (
     ImageInvalid,
     ImageTooLarge,
     UnsupportedFormat,
+    PipelineError,
     ParamsInvalid,
     TaskTimeout,
     TaskExpired,

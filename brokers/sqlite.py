@@ -182,11 +182,11 @@ class SqliteTransport:
             raise TransportClosed(f"transport {self.url} is not open")
         return self._db
 
-    async def _call(self, fn: Callable[..., T], *args: object) -> T:
+    async def _call(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
         if self._executor is None:
             raise TransportClosed(f"transport {self.url} is not open")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, partial(fn, *args))
+        return await loop.run_in_executor(self._executor, partial(fn, *args, **kwargs))
 
     # -- publish ---------------------------------------------------------------------------
 
@@ -220,13 +220,20 @@ class SqliteTransport:
     def consume(
         self, group: str, *, prefetch: int = 16, until_empty: bool = False
     ) -> _Subscription[Task]:
-        return _Subscription(self, names.SQLITE_TASKS, group, decode_task, prefetch, until_empty)
+        return _Subscription(
+            self, names.SQLITE_TASKS, group, decode_task, prefetch=prefetch, until_empty=until_empty
+        )
 
     def replies(
         self, channel: str, *, prefetch: int = 64, until_empty: bool = False
     ) -> _Subscription[Result]:
         return _Subscription(
-            self, names.SQLITE_REPLIES, channel, decode_result, prefetch, until_empty
+            self,
+            names.SQLITE_REPLIES,
+            channel,
+            decode_result,
+            prefetch=prefetch,
+            until_empty=until_empty,
         )
 
     # -- inspection ------------------------------------------------------------------------
@@ -268,6 +275,7 @@ class _Subscription(Generic[M]):
         topic: str,
         group: str,
         decode: Callable[[bytes], M],
+        *,
         prefetch: int,
         until_empty: bool,
     ) -> None:
@@ -275,7 +283,7 @@ class _Subscription(Generic[M]):
         self._transport = transport
         self._topic = topic
         self._group = group
-        self._decode = decode
+        self._decode: Callable[[bytes], M] = decode
         self._prefetch = max(1, prefetch)
         self._until_empty = until_empty
         self._buffer: deque[Claimed] = deque()
@@ -354,9 +362,9 @@ class _Subscription(Generic[M]):
             self._topic,
             self._group,
             self.id,
-            room,
-            s.lease,
-            s.max_deliveries,
+            limit=room,
+            lease=s.lease,
+            max_deliveries=s.max_deliveries,
         )
         future = asyncio.ensure_future(call)
         try:
@@ -393,9 +401,9 @@ class _Subscription(Generic[M]):
             self.id,
             self._topic,
             self._group,
-            socket.gethostname(),
-            os.getpid(),
-            self._transport.settings.lease,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            lease=self._transport.settings.lease,
         )
 
     async def _heartbeat(self) -> None:
@@ -407,10 +415,8 @@ class _Subscription(Generic[M]):
                 break
             except TimeoutError:
                 await self._beat_once()
-        try:
+        with contextlib.suppress(TransportClosed):
             await self._transport._call(self._transport._queue().unregister, self.id)
-        except TransportClosed:
-            pass
         self._transport._subs.pop(self.id, None)
 
     async def stop(self) -> None:

@@ -127,7 +127,9 @@ class SqliteQueue:
                 return fn(db)
         except sqlite3.OperationalError as exc:
             if "locked" in str(exc) or "busy" in str(exc):
-                raise BrokerUnavailable(f"sqlite database {self.path} stayed locked: {exc}") from exc
+                raise BrokerUnavailable(
+                    f"sqlite database {self.path} stayed locked: {exc}"
+                ) from exc
             raise BrokerError(f"sqlite error on {self.path}: {exc}") from exc
         except sqlite3.Error as exc:
             raise BrokerError(f"sqlite error on {self.path}: {exc}") from exc
@@ -162,7 +164,9 @@ class SqliteQueue:
 
     # -- publish ---------------------------------------------------------------------------
 
-    def publish(self, topic: str, key: str, body: bytes, groups: tuple[str, ...]) -> tuple[str, ...]:
+    def publish(
+        self, topic: str, key: str, body: bytes, groups: tuple[str, ...]
+    ) -> tuple[str, ...]:
         """Store ``body`` once and a delivery for each target (all subscriptions when empty)."""
 
         def insert(db: sqlite3.Connection) -> tuple[str, ...]:
@@ -216,7 +220,7 @@ class SqliteQueue:
     # -- consume ---------------------------------------------------------------------------
 
     def claim(
-        self, topic: str, group: str, owner: str, limit: int, lease: float, max_deliveries: int
+        self, topic: str, group: str, owner: str, *, limit: int, lease: float, max_deliveries: int
     ) -> list[Claimed]:
         """Lease up to ``limit`` claimable deliveries (ready and due, or with an expired lease)."""
 
@@ -317,7 +321,7 @@ class SqliteQueue:
         return self.run(release)
 
     def heartbeat(
-        self, consumer: str, topic: str, group: str, host: str, pid: int, lease: float
+        self, consumer: str, topic: str, group: str, *, host: str, pid: int, lease: float
     ) -> None:
         """Record that ``consumer`` lives and extend every lease it holds."""
 
@@ -330,7 +334,8 @@ class SqliteQueue:
                 (consumer, topic, group, host, pid, now),
             )
             db.execute(
-                "UPDATE deliveries SET lease_expires = ? WHERE lease_owner = ? AND state = 'leased'",
+                "UPDATE deliveries SET lease_expires = ?"
+                " WHERE lease_owner = ? AND state = 'leased'",
                 (now + lease, consumer),
             )
 
@@ -345,8 +350,7 @@ class SqliteQueue:
         def stats(db: sqlite3.Connection) -> dict[str, int]:
             counts: dict[str, int] = {"ready": 0, "leased": 0, "dead": 0}
             for state, count in db.execute(
-                "SELECT state, COUNT(*) FROM deliveries WHERE topic = ? AND grp = ?"
-                " GROUP BY state",
+                "SELECT state, COUNT(*) FROM deliveries WHERE topic = ? AND grp = ? GROUP BY state",
                 (topic, group),
             ):
                 counts[state] = count

@@ -3,4 +3,4 @@
 from brokers.schema import write_all
 
 for path in write_all():
-    print(path)  # noqa: T201 - this is a tiny CLI
+    print(path)

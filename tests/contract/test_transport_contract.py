@@ -117,9 +117,7 @@ async def test_competing_consumers_split_work_without_duplicates(broker: BrokerU
             await transport.publish(task)
     first: list[str] = []
     second: list[str] = []
-    await asyncio.gather(
-        _compete(broker.url, group, first), _compete(broker.url, group, second)
-    )
+    await asyncio.gather(_compete(broker.url, group, first), _compete(broker.url, group, second))
     assert len(first) + len(second) == 40
     assert set(first).isdisjoint(second)
     assert set(first) | set(second) == {t.id for t in tasks}

@@ -1,0 +1,1 @@
+"""Task workers: ``worker run --group NAME`` joins a consumer group and runs its pipeline."""

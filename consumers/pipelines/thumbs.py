@@ -1,0 +1,104 @@
+"""The ``thumbs`` pipeline: several sizes, WebP and JPEG, from ONE decode.
+
+Params (all optional; unknown keys are refused with ``params.invalid``)::
+
+    sizes    list of long-edge sizes in px, 16..8192   default [256, 1024]
+    formats  subset of ["jpeg", "webp"]                 default both
+    quality  1..95                                      default 82
+
+Outputs are named ``<size>.<ext>`` (``256.jpg``, ``1024.webp``), upright (EXIF orientation
+applied), in sRGB, without EXIF/GPS/XMP/ICC/comments, never upscaled.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from brokers.errors import ParamsInvalid
+from consumers.imaging import Decoded, decode, fit_long_edge
+from consumers.pipelines.base import Limits, PipelineOutput, Rendition
+
+_EXT = {"jpeg": "jpg", "webp": "webp"}
+
+
+class ThumbParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sizes: list[int] = Field(default=[256, 1024], min_length=1, max_length=8)
+    formats: list[Literal["jpeg", "webp"]] = Field(default=["jpeg", "webp"], min_length=1)
+    quality: int = Field(default=82, ge=1, le=95)
+
+    def checked(self) -> ThumbParams:
+        bad = [s for s in self.sizes if not 16 <= s <= 8192]
+        if bad:
+            raise ParamsInvalid(f"sizes must be within 16..8192 px, got {bad}")
+        return self
+
+
+def parse_params(params: Mapping[str, Any]) -> ThumbParams:
+    try:
+        return ThumbParams.model_validate(dict(params)).checked()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "params"
+        raise ParamsInvalid(f"thumbs params: {where}: {first['msg']}") from exc
+
+
+def run(data: bytes, params: Mapping[str, Any], limits: Limits) -> PipelineOutput:
+    """Decode once, then resize and encode every (size, format) pair."""
+    p = parse_params(params)
+    sizes = sorted(set(p.sizes), reverse=True)
+    decoded = decode(data, limits, longest_needed=sizes[0])
+    renditions: list[Rendition] = []
+    for size in sizes:
+        image = _resize(decoded.image, size)
+        for fmt in dict.fromkeys(p.formats):
+            renditions.append(_encode(image, size, fmt, p.quality))
+    return PipelineOutput(renditions=tuple(renditions), meta=_meta(decoded))
+
+
+def _resize(image: Image.Image, size: int) -> Image.Image:
+    width, height = fit_long_edge(image.width, image.height, size)
+    if (width, height) == image.size:
+        out = image.copy()
+    else:
+        out = image.resize((width, height), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    out.info = {}
+    return out
+
+
+def _encode(image: Image.Image, size: int, fmt: str, quality: int) -> Rendition:
+    buf = io.BytesIO()
+    if fmt == "jpeg":
+        if image.mode == "RGBA":  # JPEG has no alpha: flatten onto white
+            flat = Image.new("RGB", image.size, (255, 255, 255))
+            flat.paste(image, mask=image.getchannel("A"))
+            image = flat
+        image.save(buf, "JPEG", quality=quality, optimize=True, progressive=True)
+    else:
+        image.save(buf, "WEBP", quality=quality, method=4)
+    return Rendition(
+        name=f"{size}.{_EXT[fmt]}",
+        data=buf.getvalue(),
+        width=image.width,
+        height=image.height,
+        format=fmt,
+    )
+
+
+def _meta(decoded: Decoded) -> dict[str, Any]:
+    return {
+        "source": {
+            "width": decoded.source_width,
+            "height": decoded.source_height,
+            "format": decoded.source_format,
+        },
+        "orientation": decoded.orientation,
+        "draft_scale": decoded.draft_scale,
+        "icc_converted": decoded.icc_converted,
+    }

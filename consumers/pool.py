@@ -1,0 +1,136 @@
+"""A process pool for CPU-bound pipelines, so the event loop keeps serving the broker.
+
+* Time limit, twice: the child arms ``SIGALRM`` and raises :class:`TaskTimeout` inside the
+  pipeline (clean, the child survives); if the child is stuck in C code past the limit plus a
+  grace period, the parent kills the whole pool and starts a fresh one.
+* A child that dies (OOM killer, segfault) breaks the pool: the call raises the retryable
+  :class:`WorkerCrashed` and the pool is rebuilt.
+* Children are started with ``spawn`` and exit by themselves when their parent dies
+  (``kill -9`` of a worker leaves no orphans burning CPU).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from types import FrameType
+from typing import Any, Self
+
+from brokers.errors import PipelineError, PixfleetError, TaskTimeout, WorkerCrashed
+from consumers.pipelines.base import Limits, Pipeline, PipelineOutput
+
+log = logging.getLogger(__name__)
+
+#: Extra seconds the parent waits beyond the limit before it kills a stuck child.
+HARD_GRACE = 5.0
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent_pid:
+            os._exit(70)
+
+
+def _child_init(parent_pid: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and drains
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+
+
+def _on_alarm(signum: int, frame: FrameType | None) -> None:
+    raise TaskTimeout("pipeline exceeded its time limit")
+
+
+def _run_in_child(
+    pipeline: Pipeline, data: bytes, params: dict[str, Any], limits: Limits
+) -> PipelineOutput:
+    previous = signal.signal(signal.SIGALRM, _on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, limits.timeout)
+    try:
+        return pipeline(data, params, limits)
+    except TaskTimeout:
+        raise TaskTimeout(f"pipeline exceeded its time limit of {limits.timeout:g} s") from None
+    except PixfleetError:
+        raise
+    except MemoryError:
+        raise PipelineError("pipeline ran out of memory") from None
+    except Exception as exc:  # noqa: BLE001 - re-raised as a typed error
+        # Unclassified failures cross the process boundary as one typed, picklable error.
+        raise PipelineError(f"{type(exc).__name__}: {exc}") from None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+class PipelinePool:
+    """``async with PipelinePool(4) as pool: out = await pool.run(fn, data, params, limits)``."""
+
+    def __init__(self, workers: int, *, max_tasks_per_child: int = 500) -> None:
+        self.workers = max(1, workers)
+        self._max_tasks = max_tasks_per_child
+        self._executor: ProcessPoolExecutor | None = None
+        self.recycled = 0
+
+    def _new_executor(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_child_init,
+            initargs=(os.getpid(),),
+            max_tasks_per_child=self._max_tasks,
+        )
+
+    async def __aenter__(self) -> Self:
+        self._executor = self._new_executor()
+        # Warm the children up so the first tasks do not pay for interpreter start-up.
+        loop = asyncio.get_running_loop()
+        warm = [loop.run_in_executor(self._executor, os.getpid) for _ in range(self.workers)]
+        await asyncio.gather(*warm)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._executor is not None:
+            executor, self._executor = self._executor, None
+            await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+
+    async def run(
+        self, pipeline: Pipeline, data: bytes, params: Mapping[str, Any], limits: Limits
+    ) -> PipelineOutput:
+        """Run ``pipeline`` in a child. Raises what the pipeline raised (typed), ``TaskTimeout``
+        or ``WorkerCrashed``."""
+        if self._executor is None:
+            raise RuntimeError("PipelinePool is not started")
+        executor = self._executor
+        future = executor.submit(_run_in_child, pipeline, data, dict(params), limits)
+        try:
+            async with asyncio.timeout(limits.timeout + HARD_GRACE):
+                return await asyncio.wrap_future(future)
+        except TimeoutError:
+            self._recycle(executor, "a pipeline ignored its time limit")
+            raise TaskTimeout(
+                f"pipeline exceeded its time limit of {limits.timeout:g} s and was killed"
+            ) from None
+        except BrokenProcessPool as exc:
+            self._recycle(executor, "a pool process died")
+            raise WorkerCrashed(f"the pipeline process died: {exc}") from None
+
+    def _recycle(self, executor: ProcessPoolExecutor, why: str) -> None:
+        """Kill every child of ``executor`` and replace it (once, however many callers see it)."""
+        if executor is not self._executor:
+            return
+        log.warning("restarting the process pool: %s", why)
+        self.recycled += 1
+        # ProcessPoolExecutor has no public way to kill a stuck child; _processes is stable
+        # across CPython 3.8-3.13 and typed in typeshed.
+        for process in list((executor._processes or {}).values()):
+            process.kill()
+        executor.shutdown(wait=False, cancel_futures=True)
+        self._executor = self._new_executor()

@@ -1,0 +1,41 @@
+"""How results and stats look on a terminal (one line each)."""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+from urllib.parse import unquote, urlsplit
+
+from brokers.base import GroupStats
+from brokers.envelope import Result
+
+
+def _size(n: int) -> str:
+    return f"{n / 1024:.1f}kB" if n >= 1024 else f"{n}B"
+
+
+def result_line(result: Result, filename: str = "") -> str:
+    """``ok    thumbs  photo.jpg  256.jpg 256x192 7.1kB, ...  in /dir/  (123 ms)``."""
+    label = filename or result.task_id
+    if result.status == "error" and result.error is not None:
+        return (
+            f"error {result.group:<8} {label}  error[{result.error.code}]: {result.error.message}"
+        )
+    outputs = ", ".join(f"{o.name} {o.width}x{o.height} {_size(o.bytes)}" for o in result.outputs)
+    where = ""
+    if result.outputs:
+        first = PurePosixPath(unquote(urlsplit(result.outputs[0].uri).path))
+        where = f"  in {first.parent}/"
+    total = result.timings_ms.get("total")
+    took = f"  ({total:.0f} ms)" if total is not None else ""
+    return f"ok    {result.group:<8} {label}  {outputs}{where}{took}"
+
+
+def stats_header() -> str:
+    return f"{'group':<20} {'ready':>7} {'in-flight':>9} {'dead':>6} {'consumers':>9}"
+
+
+def stats_line(stats: GroupStats) -> str:
+    return (
+        f"{stats.group:<20} {stats.ready:>7} {stats.in_flight:>9} {stats.dead:>6}"
+        f" {stats.consumers:>9}"
+    )
