@@ -73,8 +73,11 @@ def _run_in_child(
 class PipelinePool:
     """``async with PipelinePool(4) as pool: out = await pool.run(fn, data, params, limits)``."""
 
-    def __init__(self, workers: int, *, max_tasks_per_child: int = 500) -> None:
+    def __init__(
+        self, workers: int, *, max_tasks_per_child: int = 500, hard_grace: float = HARD_GRACE
+    ) -> None:
         self.workers = max(1, workers)
+        self.hard_grace = hard_grace
         self._max_tasks = max_tasks_per_child
         self._executor: ProcessPoolExecutor | None = None
         self.recycled = 0
@@ -111,7 +114,7 @@ class PipelinePool:
         executor = self._executor
         future = executor.submit(_run_in_child, pipeline, data, dict(params), limits)
         try:
-            async with asyncio.timeout(limits.timeout + HARD_GRACE):
+            async with asyncio.timeout(limits.timeout + self.hard_grace):
                 return await asyncio.wrap_future(future)
         except TimeoutError:
             self._recycle(executor, "a pipeline ignored its time limit")

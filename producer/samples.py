@@ -1,7 +1,7 @@
 """Sample photos for the demo and for trying pixfleet out (``uploader samples DIR``).
 
 Synthetic but realistic enough: JPEGs of a few sizes, one carrying EXIF orientation 6 and GPS
-tags (outputs must come out upright and without them), one PNG with transparency.
+tags, stored sideways as a camera does (outputs must come out upright and without them), one PNG with transparency.
 """
 
 from __future__ import annotations
@@ -48,8 +48,12 @@ def write_samples(directory: Path, count: int = 6) -> list[Path]:
             image.save(buf, "PNG")
         else:
             path = directory / f"sample-{i:02d}.jpg"
-            exif = _exif(orientation=6 if i % 6 == 1 else 1, gps=i % 3 == 0)
-            image.save(buf, "JPEG", quality=88, exif=exif)
+            orientation = 6 if i % 6 == 1 else 1
+            if orientation == 6:
+                # Like a camera held upright: the sensor image is stored turned 90 degrees
+                # counter-clockwise and tagged "rotate 90 clockwise to display".
+                image = image.transpose(Image.Transpose.ROTATE_90)
+            image.save(buf, "JPEG", quality=88, exif=_exif(orientation, gps=i % 3 == 0))
         path.write_bytes(buf.getvalue())
         paths.append(path)
     return paths

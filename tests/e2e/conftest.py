@@ -1,0 +1,133 @@
+"""Real processes: ``python -m consumers run ...`` workers and ``python -m producer ...`` calls."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import pytest
+
+from brokers import GroupStats, open_transport
+from brokers.envelope import Result, decode_result
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class WorkerProc:
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    _log: IO[bytes]
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM (drain) and wait; returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=timeout)
+        self._log.close()
+        return code
+
+    def stopped_ok_count(self) -> int:
+        for line in self.log().splitlines():
+            if "worker stopped:" in line:
+                return int(line.split("worker stopped:")[1].split()[0])
+        raise AssertionError(f"worker {self.pid} did not report its stop:\n{self.log()}")
+
+
+@dataclass
+class Fleet:
+    home: Path
+    broker_url: str
+    workers: list[WorkerProc] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            PIXFLEET_HOME=str(self.home), PIXFLEET_BROKER=self.broker_url, PYTHONPATH=str(REPO)
+        )
+        return env
+
+    def worker(self, *args: str, group: str = "thumbs") -> WorkerProc:
+        log_path = self.home / f"worker-{len(self.workers)}.log"
+        log = open(log_path, "wb")  # noqa: SIM115 - closed in WorkerProc.stop
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "consumers", "run", "--group", group, *args],
+            cwd=REPO,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        worker = WorkerProc(proc, log_path, log)
+        self.workers.append(worker)
+        return worker
+
+    def uploader(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "producer", *args],
+            cwd=REPO,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def stats(self, group: str = "thumbs") -> GroupStats:
+        async def read() -> GroupStats:
+            async with open_transport(self.broker_url) as transport:
+                return await transport.stats(group)
+
+        return asyncio.run(read())
+
+    def drain_results(self) -> list[Result]:
+        async def read() -> list[Result]:
+            out = []
+            async with open_transport(self.broker_url) as transport:
+                async for delivery in transport.replies("results", until_empty=True):
+                    out.append(delivery.message)
+                    await delivery.ack()
+            return out
+
+        return asyncio.run(read())
+
+
+def wait_until(predicate: Callable[[], bool], *, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def parse_results(stdout: str) -> list[Result]:
+    return [decode_result(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    home = tmp_path / "home"
+    home.mkdir()
+    f = Fleet(home, f"sqlite:///{home}/broker.db?lease=2&poll=0.05")
+    yield f
+    for worker in f.workers:
+        if worker.proc.poll() is None:
+            worker.proc.kill()
+            worker.proc.wait(timeout=10)
+        worker._log.close()

@@ -1,0 +1,152 @@
+"""End to end with real processes on the embedded transport."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import Fleet, parse_results, wait_until
+from tests.helpers import images
+
+pytestmark = pytest.mark.e2e
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_two_workers_share_fifty_images_each_processed_once(fleet: Fleet, tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(50):
+        (photos / f"p{i:02d}.jpg").write_bytes(images.jpeg_bytes(320, 240, seed=i))
+    workers = [fleet.worker("--concurrency", "1"), fleet.worker("--concurrency", "1")]
+    wait_until(lambda: fleet.stats().consumers == 2, timeout=30, what="two live consumers")
+
+    done = fleet.uploader("enqueue", str(photos), "--wait", "--json", "--timeout", "120")
+
+    assert done.returncode == 0, done.stderr
+    results = parse_results(done.stdout)
+    assert len(results) == 50
+    assert all(r.status == "ok" and len(r.outputs) == 4 for r in results)
+    assert len({r.task_id for r in results}) == 50
+    by_worker = Counter(r.worker.pid for r in results)
+    assert set(by_worker) == {w.pid for w in workers}, "both workers must have done work"
+    assert [w.stop() for w in workers] == [0, 0]
+    # Each image was processed exactly once: the workers' own counts add up to 50.
+    assert sum(w.stopped_ok_count() for w in workers) == 50
+    assert {w.pid: w.stopped_ok_count() for w in workers} == dict(by_worker)
+
+
+def test_kill_9_of_a_worker_holding_a_task_loses_nothing(fleet: Fleet, tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    images.write_samples(photos, count=3)
+    slow = ("--pipeline", "tests.helpers.pipelines:slow", "--concurrency", "1")
+    victim = fleet.worker(*slow)
+    wait_until(lambda: fleet.stats().consumers == 1, timeout=30, what="the worker to subscribe")
+    queued = fleet.uploader("enqueue", str(photos), "--param", "delay=2")
+    assert queued.returncode == 0, queued.stderr
+
+    wait_until(lambda: fleet.stats().in_flight >= 1, timeout=30, what="a task in flight")
+    pool_children = _children(victim.pid)
+    os.kill(victim.pid, signal.SIGKILL)
+    assert victim.proc.wait(timeout=10) == -signal.SIGKILL
+    assert fleet.stats().in_flight >= 1  # still leased by the dead worker
+
+    rescuer = fleet.worker(*slow)
+    results = []
+    wait_until(
+        lambda: bool(results.extend(fleet.drain_results())) or len(results) >= 3,
+        timeout=60,
+        what="three results",
+    )
+    assert rescuer.stop() == 0
+
+    assert sorted(r.status for r in results) == ["ok", "ok", "ok"]
+    assert len({r.task_id for r in results}) == 3
+    assert {r.worker.pid for r in results} == {rescuer.pid}
+    assert max(r.attempt for r in results) == 2  # the task the victim held, redelivered
+    stats = fleet.stats()
+    assert (stats.ready, stats.in_flight, stats.dead) == (0, 0, 0)
+    # The victim's pool processes noticed their parent died and exited (no orphans).
+    assert pool_children
+    wait_until(
+        lambda: not any(_alive(p) for p in pool_children),
+        timeout=10,
+        what="orphaned pool processes to exit",
+    )
+
+
+def test_bad_inputs_get_one_line_errors_and_the_worker_goes_on(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "notes.jpg").write_text("this is a text file with a .jpg name\n")
+    (d / "empty.jpg").write_bytes(b"")
+    (d / "truncated.jpg").write_bytes(images.jpeg_bytes(800, 600)[:3000])
+    (d / "bomb.png").write_bytes(images.bomb_png())
+    (d / "good.jpg").write_bytes(images.jpeg_bytes())
+    worker = fleet.worker("--concurrency", "1")
+
+    done = fleet.uploader("enqueue", str(d / "missing.jpg"), str(d), "--wait", "--timeout", "60")
+
+    assert done.returncode == 1
+    errors = done.stderr.strip().splitlines()
+    errors = [line for line in errors if line.startswith("error[")]
+    assert sorted(line.split("]")[0] + "]" for line in errors) == [
+        "error[image.too_large]",
+        "error[input.empty]",
+        "error[input.missing]",
+        "error[input.not_image]",
+    ]
+    for name in ("missing.jpg", "empty.jpg", "notes.jpg", "bomb.png"):
+        assert sum(name in line for line in errors) == 1, (name, errors)
+    out = done.stdout.strip().splitlines()
+    assert len(out) == 2, out
+    [bad] = [line for line in out if "truncated.jpg" in line]
+    [good] = [line for line in out if "good.jpg" in line]
+    assert bad.startswith("error") and "error[image.invalid]" in bad
+    assert good.startswith("ok")
+    assert "Traceback" not in done.stderr
+
+    # The worker survived and keeps serving.
+    again = fleet.uploader("enqueue", str(d / "good.jpg"), "--wait", "--timeout", "60")
+    assert again.returncode == 0, again.stderr
+    assert worker.proc.poll() is None
+    assert worker.stop() == 0
+    assert "Traceback" not in worker.log()
+
+
+def test_wait_times_out_with_one_clear_line_when_no_worker_runs(
+    fleet: Fleet, sample_dir: Path
+) -> None:
+    done = fleet.uploader("enqueue", str(sample_dir), "--wait", "--timeout", "1")
+    assert done.returncode == 1
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error[result.timeout]: 3 of 3 result(s) did not arrive within 1 s")
+    )
+    # The tasks were not lost: they wait for a worker.
+    assert fleet.stats().ready == 3

@@ -1,0 +1,49 @@
+"""User-module pipelines for tests (loaded with ``--pipeline tests.helpers.pipelines:NAME``).
+
+They wrap the real thumbs pipeline, adding behaviour that tests need to provoke on purpose.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from brokers.errors import BlobUnavailable
+from consumers.pipelines import thumbs
+from consumers.pipelines.base import Limits, PipelineOutput
+
+
+def slow(data: bytes, params: Mapping[str, Any], limits: Limits) -> PipelineOutput:
+    """Sleep ``params["delay"]`` seconds, then make thumbnails."""
+    rest = dict(params)
+    time.sleep(float(rest.pop("delay", 0)))
+    return thumbs.run(data, rest, limits)
+
+
+def stubborn(data: bytes, params: Mapping[str, Any], limits: Limits) -> PipelineOutput:
+    """Ignore the time-limit alarm and hang (like a pipeline stuck in C code)."""
+    signal.signal(signal.SIGALRM, signal.SIG_IGN)
+    time.sleep(3600)
+    return thumbs.run(data, params, limits)
+
+
+def flaky_once(data: bytes, params: Mapping[str, Any], limits: Limits) -> PipelineOutput:
+    """Fail with a retryable error the first time (per marker file), then succeed."""
+    rest = dict(params)
+    marker = Path(str(rest.pop("marker")))
+    if not marker.exists():
+        marker.write_text("failed once")
+        raise BlobUnavailable("simulated transient storage failure")
+    return thumbs.run(data, rest, limits)
+
+
+def crash(data: bytes, params: Mapping[str, Any], limits: Limits) -> PipelineOutput:
+    """Kill the pool process (like the OOM killer would), unless told it is a good image."""
+    rest = dict(params)
+    if rest.pop("crash", True):
+        os._exit(137)
+    return thumbs.run(data, rest, limits)

@@ -1,0 +1,71 @@
+"""CLI failures are one line with a stable code and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=REPO,
+        env={"PIXFLEET_HOME": str(home), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            ("producer", "status", "--broker", "amqp://guest:hunter2@localhost/"),
+            "error[config.invalid_url]: unsupported broker URL 'amqp://guest:***@localhost/'",
+        ),
+        (
+            ("producer", "status", "--broker", "sqlite:///x.db?leese=3"),
+            "error[config.invalid_url]: unknown sqlite URL option(s) ['leese']",
+        ),
+        (
+            ("producer", "status", "--broker", "sqlite:////proc/forbidden/broker.db"),
+            "error[broker.unavailable]: cannot ",
+        ),
+        (
+            ("consumers", "run", "--group", "no-such-pipeline"),
+            "error[pipeline.unknown]: no pipeline named 'no-such-pipeline'",
+        ),
+        (("consumers", "run", "--group", "Bad Name"), "error[config.invalid]: invalid group"),
+        (
+            ("consumers", "run", "--group", "thumbs", "--pipeline", "nope.mod:fn"),
+            "error[pipeline.unknown]: cannot import pipeline module 'nope.mod'",
+        ),
+    ],
+)
+def test_errors_are_one_line(args: tuple[str, ...], line: str, tmp_path: Path) -> None:
+    done = run(*args, home=tmp_path)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(line)
+    assert "hunter2" not in done.stderr + done.stdout
+
+
+def test_status_lists_groups(tmp_path: Path) -> None:
+    samples = run("producer", "samples", str(tmp_path / "s"), "--count", "2", home=tmp_path)
+    assert samples.returncode == 0
+    queued = run(
+        "producer", "enqueue", str(tmp_path / "s"), "-g", "thumbs", "-g", "other", home=tmp_path
+    )
+    assert queued.returncode == 0, queued.stderr
+    assert len(queued.stdout.strip().splitlines()) == 2
+    status = run("producer", "status", home=tmp_path)
+    rows = {line.split()[0]: line.split()[1:] for line in status.stdout.splitlines()[1:]}
+    assert rows["thumbs"][0] == "2" and rows["other"][0] == "2"
