@@ -1,7 +1,8 @@
 """Sample photos for the demo and for trying pixfleet out (``uploader samples DIR``).
 
-Synthetic but realistic enough: JPEGs of a few sizes, one carrying EXIF orientation 6 and GPS
-tags, stored sideways as a camera does (outputs must come out upright and without them), one PNG with transparency.
+Synthetic but realistic enough: JPEGs of a few sizes, one stored sideways with EXIF orientation 6
+as a camera does, some with GPS tags (outputs must come out upright and without them), one PNG
+with transparency.
 """
 
 from __future__ import annotations
