@@ -150,3 +150,34 @@ def test_wait_times_out_with_one_clear_line_when_no_worker_runs(
     )
     # The tasks were not lost: they wait for a worker.
     assert fleet.stats().ready == 3
+
+
+def test_sigterm_lets_the_in_flight_task_finish(fleet: Fleet, sample_dir: Path) -> None:
+    worker = fleet.worker("--pipeline", "tests.helpers.pipelines:slow", "--concurrency", "1")
+    wait_until(lambda: fleet.stats().consumers == 1, timeout=30, what="the worker to subscribe")
+    one = sorted(sample_dir.iterdir())[0]
+    assert fleet.uploader("enqueue", str(one), "--param", "delay=1.5").returncode == 0
+    wait_until(lambda: fleet.stats().in_flight == 1, timeout=30, what="the task in flight")
+
+    assert worker.stop() == 0  # SIGTERM: drain, then exit cleanly
+
+    [result] = fleet.drain_results()
+    assert (result.status, result.attempt) == ("ok", 1)  # finished, not abandoned
+    stats = fleet.stats()
+    assert (stats.ready, stats.in_flight) == (0, 0)
+    assert "draining" in worker.log()
+
+
+def test_results_nobody_waited_for_are_read_with_uploader_results(
+    fleet: Fleet, sample_dir: Path
+) -> None:
+    assert fleet.uploader("enqueue", str(sample_dir)).returncode == 0
+    burst = fleet.worker("--burst", "--concurrency", "1")
+    assert burst.proc.wait(timeout=60) == 0  # --burst: exits once the backlog is empty
+    assert burst.stopped_ok_count() == 3
+
+    first = fleet.uploader("results", "--json")
+    assert first.returncode == 0, first.stderr
+    results = parse_results(first.stdout)
+    assert sorted(r.status for r in results) == ["ok"] * 3
+    assert fleet.uploader("results").stdout == ""  # read means removed
