@@ -10,7 +10,7 @@ STAMP      := $(VENV)/.installed
 DEMO_HOME  ?= $(CURDIR)/.pixfleet-demo
 CODE       := brokers producer consumers tests bench
 
-.PHONY: install demo test lint typecheck pytest schema bench clean
+.PHONY: install brokers demo test lint typecheck pytest schema bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,7 +42,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+brokers:
+	bash tests/harness/ensure-rabbitmq.sh
+
+pytest: $(STAMP) brokers
 	$(BIN)/python -m pytest
 
 test: lint typecheck pytest

@@ -28,7 +28,7 @@ __all__ = [
     "open_transport",
 ]
 
-SUPPORTED_SCHEMES = ("sqlite",)
+SUPPORTED_SCHEMES = ("sqlite", "amqp", "amqps")
 
 
 def open_transport(url: str) -> Transport:
@@ -41,6 +41,10 @@ def open_transport(url: str) -> Transport:
         from brokers.sqlite import SqliteTransport  # noqa: PLC0415 - lazy by design
 
         return SqliteTransport.from_url(url)
+    if scheme in ("amqp", "amqps"):
+        from brokers.amqp import AmqpTransport  # noqa: PLC0415 - lazy: imports aio-pika
+
+        return AmqpTransport.from_url(url)
     raise InvalidURL(
         f"unsupported broker URL {redact(url)!r}: scheme {scheme!r} is not one of "
         f"{', '.join(SUPPORTED_SCHEMES)}"

@@ -55,7 +55,7 @@ class GroupStats:
 
     group: str
     ready: int  # waiting for a consumer, delayed retries included
-    in_flight: int  # delivered and not yet settled
+    in_flight: int | None  # delivered and not yet settled; None: the broker cannot tell
     dead: int  # dead-lettered
     consumers: int  # live consumers
 

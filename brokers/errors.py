@@ -63,6 +63,12 @@ class PublishFailed(BrokerError):
     retryable = True
 
 
+class BrokerAuthFailed(BrokerError):
+    """The broker refused the credentials (or the TLS handshake)."""
+
+    code = "broker.auth_failed"
+
+
 class Unroutable(BrokerError):
     """A message would reach no queue / group: it is refused rather than silently dropped."""
 
@@ -212,6 +218,7 @@ ALL_ERRORS: tuple[type[PixfleetError], ...] = (
     BrokerError,
     BrokerUnavailable,
     PublishFailed,
+    BrokerAuthFailed,
     Unroutable,
     TransportClosed,
     EnvelopeError,

@@ -17,13 +17,27 @@ SQLITE_TASKS = "tasks"
 SQLITE_REPLIES = "replies"
 
 # -- amqp (RabbitMQ) ------------------------------------------------------------------------
+#: Headers exchange; a task carries one header per target group (or the "all" header).
 AMQP_TASK_EXCHANGE = "pixfleet.tasks"
+#: Direct exchange of dead letters, routing key = group.
 AMQP_DEAD_EXCHANGE = "pixfleet.dead"
-AMQP_REPLY_EXCHANGE = "pixfleet.replies"
+#: Durable queue listing every group ever subscribed (one message per group).
+AMQP_GROUP_REGISTRY = "pixfleet.groups"
+AMQP_HEADER_ALL = "pixfleet-all"
+AMQP_HEADER_REASON = "x-pixfleet-reason"
+AMQP_HEADER_DELIVERIES = "x-pixfleet-deliveries"  # deliveries before a delayed retry copy
+
+
+def amqp_group_header(group: str) -> str:
+    return f"pixfleet-group-{group}"
 
 
 def amqp_group_queue(group: str) -> str:
     return f"pixfleet.group.{group}"
+
+
+def amqp_retry_queue(group: str) -> str:
+    return f"pixfleet.retry.{group}"
 
 
 def amqp_dead_queue(group: str) -> str:

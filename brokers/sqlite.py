@@ -104,7 +104,7 @@ class SqliteDelivery(Generic[M]):
                 self._transport._queue().ack, self._delivery_id, self._consumer.id
             )
         finally:
-            self._consumer.settled()
+            await self._consumer.settled()
         if not held:
             log.warning(
                 "ack of delivery %s came after its lease was lost; it will be redelivered",
@@ -126,7 +126,7 @@ class SqliteDelivery(Generic[M]):
         try:
             await self._transport._call(nack)
         finally:
-            self._consumer.settled()
+            await self._consumer.settled()
 
 
 class SqliteTransport:
@@ -329,18 +329,28 @@ class _Subscription(Generic[M]):
             return
         self._closed = True
         self._changed.set()
-        if self._unsettled <= 0:
-            self._done.set()
         if self._buffer and self._transport._db is not None:
             ids = [c.delivery_id for c in self._buffer]
             self._buffer.clear()
             await self._transport._call(self._transport._queue().release, self.id, ids)
+        if self._unsettled <= 0:
+            await self._finish()
 
-    def settled(self) -> None:
+    async def settled(self) -> None:
         self._unsettled -= 1
         self._changed.set()
         if self._closed and self._unsettled <= 0:
-            self._done.set()
+            await self._finish()
+
+    async def _finish(self) -> None:
+        """Closed and nothing unsettled: stop the heartbeat and unregister now (idempotent)."""
+        if self._done.is_set():
+            return
+        self._done.set()
+        if self._heart is not None:
+            with contextlib.suppress(TransportClosed):
+                await self._transport._call(self._transport._queue().unregister, self.id)
+        self._transport._subs.pop(self.id, None)
 
     async def _start(self) -> None:
         db = self._transport._queue()
@@ -415,9 +425,6 @@ class _Subscription(Generic[M]):
                 break
             except TimeoutError:
                 await self._beat_once()
-        with contextlib.suppress(TransportClosed):
-            await self._transport._call(self._transport._queue().unregister, self.id)
-        self._transport._subs.pop(self.id, None)
 
     async def stop(self) -> None:
         """Called by the transport on close: stop the heartbeat now."""

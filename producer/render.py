@@ -35,7 +35,5 @@ def stats_header() -> str:
 
 
 def stats_line(stats: GroupStats) -> str:
-    return (
-        f"{stats.group:<20} {stats.ready:>7} {stats.in_flight:>9} {stats.dead:>6}"
-        f" {stats.consumers:>9}"
-    )
+    in_flight = "?" if stats.in_flight is None else str(stats.in_flight)
+    return f"{stats.group:<20} {stats.ready:>7} {in_flight:>9} {stats.dead:>6} {stats.consumers:>9}"

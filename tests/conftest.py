@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness import rabbitmq
 from tests.helpers import images
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -31,7 +32,30 @@ def _sqlite(tmp_path: Path) -> BrokerUnderTest:
     )
 
 
-BROKER_KINDS = ["sqlite"]
+BROKER_KINDS = ["sqlite", "amqp"]
+AMQP_OPTIONS = "delivery_limit=3&reconnect_timeout=20&op_timeout=10"
+
+
+def missing_broker(what: str) -> None:
+    """In CI a missing broker fails the run; on a developer machine the test is skipped."""
+    if IN_CI:
+        pytest.fail(f"{what} is not available (CI=true: a missing broker is a failure)")
+    pytest.skip(f"{what} is not available")
+
+
+@pytest.fixture(scope="session")
+def amqp_session_url() -> Iterator[str]:
+    """A vhost of this test session on a real RabbitMQ (found or started)."""
+    with rabbitmq.shared_rabbit() as base:
+        if base is None:
+            missing_broker("RabbitMQ (set PIXFLEET_TEST_AMQP_URL or install rabbitmq-server)")
+        assert base is not None
+        with rabbitmq.private_vhost(base) as url:
+            yield url
+
+
+def _amqp(base: str) -> BrokerUnderTest:
+    return BrokerUnderTest("amqp", f"{base}?{AMQP_OPTIONS}", delivery_limit=3)
 
 
 @pytest.fixture(params=BROKER_KINDS)
@@ -39,7 +63,24 @@ def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BrokerUnd
     kind = request.param
     if kind == "sqlite":
         yield _sqlite(tmp_path)
+    elif kind == "amqp":
+        yield _amqp(request.getfixturevalue("amqp_session_url"))
     else:  # pragma: no cover - later transports register here
+        raise AssertionError(f"unknown broker kind {kind}")
+
+
+@pytest.fixture(params=BROKER_KINDS)
+def empty_broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BrokerUnderTest]:
+    """A broker where no group has ever subscribed (a fresh file / a fresh vhost)."""
+    kind = request.param
+    if kind == "sqlite":
+        yield _sqlite(tmp_path / "empty")
+    elif kind == "amqp":
+        session_url = request.getfixturevalue("amqp_session_url")
+        base = session_url.rsplit("/", 1)[0] + "/"
+        with rabbitmq.private_vhost(base) as url:
+            yield _amqp(url)
+    else:  # pragma: no cover
         raise AssertionError(f"unknown broker kind {kind}")
 
 

@@ -52,7 +52,8 @@ async def test_publish_then_consume_roundtrip(broker: BrokerUnderTest) -> None:
         assert [d.message for d in got] == [task]
         assert got[0].attempt == 1
         stats = await transport.stats(group)
-        assert (stats.ready, stats.in_flight, stats.dead) == (0, 0, 0)
+        assert (stats.ready, stats.dead) == (0, 0)
+        assert stats.in_flight in (0, None)
 
 
 async def test_fan_out_each_targeted_group_gets_every_task(broker: BrokerUnderTest) -> None:
@@ -90,10 +91,10 @@ async def test_task_for_a_group_without_workers_waits_for_them(broker: BrokerUnd
         assert [d.message for d in await drain(transport, late)] == [task]
 
 
-async def test_untargeted_task_with_no_subscriber_is_refused(tmp_path: object) -> None:
-    # Only meaningful where subscriptions are known to the broker (sqlite, amqp mandatory).
-    url = f"sqlite:///{tmp_path}/empty.db"
-    async with open_transport(url) as transport:
+async def test_untargeted_task_with_no_subscriber_is_refused(
+    empty_broker: BrokerUnderTest,
+) -> None:
+    async with open_transport(empty_broker.url) as transport:
         with pytest.raises(Unroutable) as info:
             await transport.publish(make_task())
         assert info.value.code == "broker.unroutable"
@@ -184,7 +185,8 @@ async def test_nack_without_requeue_dead_letters_with_reason(broker: BrokerUnder
         [delivery] = await drain(transport, group, ack=False)
         await delivery.nack(requeue=False, reason="image.invalid: truncated")
         stats = await transport.stats(group)
-        assert (stats.ready, stats.in_flight, stats.dead) == (0, 0, 1)
+        assert (stats.ready, stats.dead) == (0, 1)
+        assert stats.in_flight in (0, None)
         [dead] = await transport.dead_letters(group)
         assert decode_task(dead.body).id == task.id
         assert "image.invalid" in dead.reason
@@ -210,9 +212,9 @@ async def test_delivery_limit_dead_letters_a_poison_task(broker: BrokerUnderTest
 async def test_invalid_bodies_are_dead_lettered_not_delivered(broker: BrokerUnderTest) -> None:
     group = unique()
     good = make_task(group)
-    inject_raw(broker.url, group, b"{not json")
-    inject_raw(broker.url, group, b'{"v": 99, "id": "x"}')
-    inject_raw(broker.url, group, b'{"v": 1, "id": "missing-fields"}')
+    await inject_raw(broker.url, group, b"{not json")
+    await inject_raw(broker.url, group, b'{"v": 99, "id": "x"}')
+    await inject_raw(broker.url, group, b'{"v": 1, "id": "missing-fields"}')
     async with open_transport(broker.url) as transport:
         await transport.publish(good)
         assert [d.message.id for d in await drain(transport, group)] == [good.id]
@@ -249,7 +251,8 @@ async def test_close_gives_unsettled_deliveries_back_at_once(broker: BrokerUnder
     # No lease wait: a clean close released it.
     async with open_transport(broker.url) as transport:
         stats = await transport.stats(group)
-        assert (stats.ready, stats.in_flight) == (1, 0)
+        assert stats.ready == 1
+        assert stats.in_flight in (0, None)  # None: the broker cannot tell (AMQP)
         [again] = await drain(transport, group)
         assert again.message.id == task.id
 
@@ -263,10 +266,13 @@ async def test_backlog_counts_follow_the_lifecycle(broker: BrokerUnderTest) -> N
         async with aclosing(transport.consume(group, prefetch=1)) as it:
             delivery = await next_of(it)
             stats = await transport.stats(group)
-            assert (stats.ready, stats.in_flight, stats.consumers) == (2, 1, 1)
-            await delivery.ack()
-            stats = await transport.stats(group)
-            assert (stats.ready, stats.in_flight) == (2, 0)
+            assert (stats.ready, stats.consumers) == (2, 1)
+            assert stats.in_flight in (1, None)  # None: the broker cannot tell (AMQP)
+        # The subscription stopped consuming (a draining worker), yet its delivery can be acked.
+        await delivery.ack()
+        stats = await transport.stats(group)
+        assert (stats.ready, stats.consumers) == (2, 0)
+        assert stats.in_flight in (0, None)
 
 
 async def test_replies_reach_the_named_channel_by_correlation_id(broker: BrokerUnderTest) -> None:
@@ -301,4 +307,5 @@ async def test_reply_to_a_closed_channel_lands_in_default_results(broker: Broker
                 async for delivery in it:
                     found.append(delivery.message)
                     await delivery.ack()
-        assert [(r.task_id, r.status) for r in found] == [(task.id, "error")]
+        mine = [(r.task_id, r.status) for r in found if r.task_id == task.id]
+        assert mine == [(task.id, "error")]

@@ -9,7 +9,7 @@ from brokers.sqlite import SqliteSettings
 from brokers.sqlite_db import SqliteQueue
 
 
-def inject_raw(url: str, group: str, body: bytes) -> None:
+async def inject_raw(url: str, group: str, body: bytes) -> None:
     scheme = urlsplit(url).scheme
     if scheme == "sqlite":
         s = SqliteSettings.from_url(url)
@@ -18,5 +18,22 @@ def inject_raw(url: str, group: str, body: bytes) -> None:
             queue.publish(names.SQLITE_TASKS, "raw", body, (group,))
         finally:
             queue.close()
+        return
+    if scheme in ("amqp", "amqps"):
+        from aio_pika import DeliveryMode, Message  # noqa: PLC0415
+        from aio_pika.abc import AbstractChannel  # noqa: PLC0415
+
+        from brokers.amqp import AmqpTransport  # noqa: PLC0415
+
+        async with AmqpTransport.from_url(url) as transport:
+
+            async def op(channel: AbstractChannel) -> None:
+                await transport.declare_group(channel, group)
+                await channel.default_exchange.publish(
+                    Message(body, delivery_mode=DeliveryMode.PERSISTENT),
+                    routing_key=names.amqp_group_queue(group),
+                )
+
+            await transport.run(op)
         return
     raise AssertionError(f"no raw injector for {scheme}")

@@ -1,0 +1,165 @@
+"""Finding, starting and isolating RabbitMQ brokers for tests.
+
+Order: ``$PIXFLEET_TEST_AMQP_URL``; a broker answering on 127.0.0.1:5672 (guest/guest); the
+Debian ``rabbitmq-server`` started here; a testcontainers RabbitMQ where Docker works.
+:class:`PrivateRabbit` runs a separate node (own name, ports and data dir) for fault tests that
+stop or cut a broker - never the shared one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+SHARED_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+def answers(host: str, port: int, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ctl(*args: str, node: str | None = None, timeout: float = 120) -> str:
+    cmd = ["rabbitmqctl", *(["-n", node] if node else []), *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip() or done.stdout}")
+    return done.stdout
+
+
+def start_local_default() -> bool:
+    """Start Debian's default node if the binary is here and nothing listens yet."""
+    if not shutil.which("rabbitmq-server"):
+        return False
+    subprocess.run(["rabbitmq-server", "-detached"], check=False, capture_output=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if answers("127.0.0.1", 5672):
+            ctl("await_startup")
+            return True
+        time.sleep(1)
+    return False
+
+
+def docker_works() -> bool:
+    if not shutil.which("docker"):
+        return False
+    done = subprocess.run(["docker", "info"], capture_output=True, timeout=20, check=False)
+    return done.returncode == 0
+
+
+@contextlib.contextmanager
+def shared_rabbit() -> Iterator[str | None]:
+    """A base URL for the session's tests, or None if no RabbitMQ can be had."""
+    url = os.environ.get("PIXFLEET_TEST_AMQP_URL")
+    if url:
+        yield url
+    elif answers("127.0.0.1", 5672) or start_local_default():
+        yield SHARED_URL
+    elif docker_works():
+        from testcontainers.rabbitmq import RabbitMqContainer  # noqa: PLC0415
+
+        with RabbitMqContainer("rabbitmq:3.13-management") as container:
+            host = container.get_container_host_ip()
+            port = container.get_exposed_port(5672)
+            yield f"amqp://guest:guest@{host}:{port}/"
+    else:
+        yield None
+
+
+@contextlib.contextmanager
+def private_vhost(base_url: str, node: str | None = None) -> Iterator[str]:
+    """A fresh vhost on a local broker (via rabbitmqctl), deleted afterwards. Remote brokers
+    (no rabbitmqctl) keep the URL's vhost: tests still use unique queue names."""
+    if not shutil.which("rabbitmqctl") or urlsplit(base_url).hostname not in (
+        "127.0.0.1",
+        "localhost",
+    ):
+        yield base_url
+        return
+    vhost = f"pixfleet-test-{uuid.uuid4().hex[:8]}"
+    user = urlsplit(base_url).username or "guest"
+    ctl("add_vhost", vhost, node=node)
+    ctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*", node=node)
+    parts = urlsplit(base_url)
+    try:
+        yield urlunsplit((parts.scheme, parts.netloc, "/" + quote(vhost, safe=""), parts.query, ""))
+    finally:
+        with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+            ctl("delete_vhost", vhost, node=node)
+
+
+@dataclass
+class PrivateRabbit:
+    """A RabbitMQ node of our own (name, ports, data dir) that tests may stop and restart."""
+
+    base: Path
+    name: str = ""
+    port: int = 0
+
+    def __post_init__(self) -> None:
+        self.name = self.name or f"pixfleet-fault-{uuid.uuid4().hex[:6]}@localhost"
+        self.port = self.port or free_port()
+        self.dist_port = free_port()
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    def _env(self) -> dict[str, str]:
+        self.base.mkdir(parents=True, exist_ok=True)
+        plugins = self.base / "enabled_plugins"
+        plugins.write_text("[].\n")
+        conf = self.base / "rabbitmq.conf"
+        conf.write_text("loopback_users = none\n")
+        return dict(
+            os.environ,
+            RABBITMQ_NODENAME=self.name,
+            RABBITMQ_NODE_PORT=str(self.port),
+            RABBITMQ_DIST_PORT=str(self.dist_port),
+            RABBITMQ_MNESIA_BASE=str(self.base / "mnesia"),
+            RABBITMQ_LOG_BASE=str(self.base / "log"),
+            RABBITMQ_ENABLED_PLUGINS_FILE=str(plugins),
+            RABBITMQ_CONFIG_FILE=str(self.base / "rabbitmq"),
+            RABBITMQ_PID_FILE=str(self.base / "pid"),
+        )
+
+    def start(self) -> None:
+        subprocess.run(
+            ["rabbitmq-server", "-detached"],
+            env=self._env(),
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        deadline = time.monotonic() + 120
+        while not answers("127.0.0.1", self.port):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"private RabbitMQ {self.name} did not start")
+            time.sleep(0.5)
+        ctl("await_startup", node=self.name)
+
+    def close_all_connections(self) -> None:
+        ctl("close_all_connections", "pixfleet fault test", node=self.name)
+
+    def stop(self) -> None:
+        with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+            ctl("stop", node=self.name)
