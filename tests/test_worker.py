@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,9 +21,9 @@ from consumers.pipelines import Pipeline, resolve
 from consumers.pipelines.base import Limits
 from consumers.pool import PipelinePool
 from consumers.worker import Worker, WorkerSettings, WorkerStats
+from tests.conftest import BrokerUnderTest
 from tests.helpers import images, pipelines
-
-GROUP = "thumbs"
+from tests.helpers.tasks import unique
 
 
 @dataclass
@@ -32,6 +32,7 @@ class Rig:
     blobs: FileBlobStore
     pool: PipelinePool
     tmp: Path
+    group: str = field(default_factory=lambda: unique("thumbs"))
 
     async def put(self, data: bytes, **params: object) -> Task:
         ref = await self.blobs.put_upload(data, "image/jpeg")
@@ -40,16 +41,17 @@ class Rig:
     async def publish(
         self, ref: BlobRef, *, deadline: datetime | None = None, **params: object
     ) -> Task:
-        task = Task.new(ref, groups=(GROUP,), params=params, deadline=deadline)  # type: ignore[arg-type]
+        task = Task.new(ref, groups=(self.group,), params=params, deadline=deadline)  # type: ignore[arg-type]
         await self.transport.publish(task)
         return task
 
     async def work(self, pipeline: Pipeline | None = None, **overrides: object) -> WorkerStats:
         settings = dataclasses.replace(
-            WorkerSettings(group=GROUP, concurrency=1, burst=True, retry_backoff=0.05),
+            WorkerSettings(group=self.group, concurrency=1, burst=True, retry_backoff=0.05),
             **overrides,  # type: ignore[arg-type]
         )
-        worker = Worker(self.transport, self.blobs, pipeline or resolve(GROUP), self.pool, settings)
+        pipeline = pipeline or resolve(self.group, "thumbs")
+        worker = Worker(self.transport, self.blobs, pipeline, self.pool, settings)
         async with asyncio.timeout(60):
             return await worker.run()
 
@@ -63,9 +65,8 @@ class Rig:
 
 
 @pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    url = f"sqlite:///{tmp_path}/broker.db?lease=5&poll=0.05"
-    async with open_transport(url) as transport, PipelinePool(1) as pool:
+async def rig(tmp_path: Path, broker: BrokerUnderTest) -> AsyncIterator[Rig]:
+    async with open_transport(broker.url) as transport, PipelinePool(1) as pool:
         yield Rig(transport, FileBlobStore(tmp_path / "blobs"), pool, tmp_path)
 
 
@@ -79,7 +80,7 @@ async def test_ok_task_writes_outputs_replies_and_acks(rig: Rig) -> None:
     for output in result.outputs:
         with Image.open(rig.blobs.path_for_uri(output.uri)) as im:
             assert im.size == (output.width, output.height)
-    assert (await rig.transport.stats(GROUP)).ready == 0
+    assert (await rig.transport.stats(rig.group)).ready == 0
 
 
 async def test_redelivered_task_overwrites_the_same_outputs(rig: Rig) -> None:
@@ -87,7 +88,7 @@ async def test_redelivered_task_overwrites_the_same_outputs(rig: Rig) -> None:
     await rig.work()
     await rig.transport.publish(task)  # the same task again, as a redelivery would bring it
     await rig.work()
-    out_dir = rig.tmp / "blobs" / "outputs" / GROUP
+    out_dir = rig.tmp / "blobs" / "outputs" / rig.group
     files = sorted(p.name for p in out_dir.rglob("*") if p.is_file())
     assert files == ["1024.jpg", "1024.webp", "256.jpg", "256.webp"]
 
@@ -112,7 +113,7 @@ async def test_bad_image_gets_error_result_dead_letter_and_worker_goes_on(
     assert results[good.id].status == "ok"
     assert results[bad.id].status == "error"
     assert results[bad.id].error is not None and results[bad.id].error.code == code
-    [dead] = await rig.transport.dead_letters(GROUP)
+    [dead] = await rig.transport.dead_letters(rig.group)
     assert code in dead.reason
 
 
@@ -141,9 +142,10 @@ async def test_slow_pipeline_times_out_with_an_error_result(rig: Rig) -> None:
     assert error is not None and error.code == TaskTimeout.code
 
 
-async def test_stuck_pipeline_is_killed_and_the_pool_replaced(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/broker.db?lease=5&poll=0.05"
-    async with open_transport(url) as transport, PipelinePool(1, hard_grace=0.5) as pool:
+async def test_stuck_pipeline_is_killed_and_the_pool_replaced(
+    tmp_path: Path, broker: BrokerUnderTest
+) -> None:
+    async with open_transport(broker.url) as transport, PipelinePool(1, hard_grace=0.5) as pool:
         rig = Rig(transport, FileBlobStore(tmp_path / "blobs"), pool, tmp_path)
         task = await rig.put(images.jpeg_bytes())
         stats = await rig.work(pipelines.stubborn, limits=Limits(timeout=0.5))
@@ -175,3 +177,30 @@ async def test_crashed_pool_process_is_retried_then_fails_and_pool_recovers(rig:
     assert results[doomed.id].attempt == 2
     assert results[fine.id].status == "ok"
     assert rig.pool.recycled >= 1
+
+
+async def test_always_failing_task_is_dead_lettered_with_its_reason_at_the_last_attempt(
+    rig: Rig, broker: BrokerUnderTest
+) -> None:
+    doomed = await rig.put(images.jpeg_bytes(), marker=str(rig.tmp / "never"))
+    fine = await rig.put(images.jpeg_bytes(seed=5))
+    stats = await rig.work(pipelines.always_transient, max_attempts=broker.delivery_limit)
+    assert (stats.ok, stats.failed, stats.retried) == (1, 1, broker.delivery_limit - 1)
+    results = await rig.results()
+    assert results[fine.id].status == "ok"  # the poison task did not block the other one
+    error = results[doomed.id].error
+    assert error is not None and error.code == "blob.unavailable" and error.retryable
+    assert results[doomed.id].attempt == broker.delivery_limit
+    [dead] = await rig.transport.dead_letters(rig.group)
+    assert "blob.unavailable" in dead.reason
+
+
+async def test_transport_delivery_limit_stops_a_task_the_worker_would_retry_forever(
+    rig: Rig, broker: BrokerUnderTest
+) -> None:
+    await rig.put(images.jpeg_bytes(), marker=str(rig.tmp / "never"))
+    stats = await rig.work(pipelines.always_transient, max_attempts=100)
+    assert stats.retried == broker.delivery_limit and stats.failed == 0
+    [dead] = await rig.transport.dead_letters(rig.group)
+    assert f"delivery limit {broker.delivery_limit} reached" in dead.reason
+    assert "blob.unavailable" in dead.reason

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +19,8 @@ import pytest
 
 from brokers import GroupStats, open_transport
 from brokers.envelope import Result, decode_result
+from tests.conftest import missing_broker
+from tests.harness import rabbitmq
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -88,6 +92,13 @@ class Fleet:
             check=False,
         )
 
+    def stop_all(self) -> None:
+        for worker in self.workers:
+            if worker.proc.poll() is None:
+                worker.proc.kill()
+                worker.proc.wait(timeout=10)
+            worker._log.close()
+
     def stats(self, group: str = "thumbs") -> GroupStats:
         async def read() -> GroupStats:
             async with open_transport(self.broker_url) as transport:
@@ -120,14 +131,30 @@ def parse_results(stdout: str) -> list[Result]:
     return [decode_result(line) for line in stdout.splitlines() if line.startswith("{")]
 
 
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
+@pytest.fixture(params=["sqlite", "amqp"])
+def fleet(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fleet]:
     home = tmp_path / "home"
     home.mkdir()
-    f = Fleet(home, f"sqlite:///{home}/broker.db?lease=2&poll=0.05")
-    yield f
-    for worker in f.workers:
-        if worker.proc.poll() is None:
-            worker.proc.kill()
-            worker.proc.wait(timeout=10)
-        worker._log.close()
+    with contextlib.ExitStack() as stack:
+        if request.param == "sqlite":
+            url = f"sqlite:///{home}/broker.db?lease=2&poll=0.05"
+        else:
+            session_url = request.getfixturevalue("amqp_session_url")
+            base = session_url.rsplit("/", 1)[0] + "/"
+            url = stack.enter_context(rabbitmq.private_vhost(base)) + "?reconnect_timeout=60"
+        f = Fleet(home, url)
+        yield f
+        f.stop_all()
+
+
+@pytest.fixture
+def private_rabbit(tmp_path: Path, amqp_session_url: str) -> Iterator[rabbitmq.PrivateRabbit]:
+    """A RabbitMQ node of this test's own, for faults that must not hit the shared broker."""
+    if not shutil.which("rabbitmq-server"):
+        missing_broker("a local rabbitmq-server for a private fault-test node")
+    node = rabbitmq.PrivateRabbit(tmp_path / "rabbit")
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()

@@ -1,15 +1,18 @@
-"""End to end with real processes on the embedded transport."""
+"""End to end with real worker and uploader processes, on every transport."""
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Fleet, parse_results, wait_until
+from brokers.envelope import Result
+from tests.e2e.conftest import REPO, Fleet, parse_results, wait_until
 from tests.helpers import images
 
 pytestmark = pytest.mark.e2e
@@ -58,36 +61,37 @@ def test_two_workers_share_fifty_images_each_processed_once(fleet: Fleet, tmp_pa
     assert {w.pid: w.stopped_ok_count() for w in workers} == dict(by_worker)
 
 
-def test_kill_9_of_a_worker_holding_a_task_loses_nothing(fleet: Fleet, tmp_path: Path) -> None:
+def test_kill_9_of_a_worker_holding_tasks_loses_nothing(fleet: Fleet, tmp_path: Path) -> None:
     photos = tmp_path / "photos"
-    images.write_samples(photos, count=3)
-    slow = ("--pipeline", "tests.helpers.pipelines:slow", "--concurrency", "1")
+    images.write_samples(photos, count=4)
+    slow = ("--pipeline", "tests.helpers.pipelines:slow", "--concurrency", "2")
     victim = fleet.worker(*slow)
     wait_until(lambda: fleet.stats().consumers == 1, timeout=30, what="the worker to subscribe")
-    queued = fleet.uploader("enqueue", str(photos), "--param", "delay=2")
+    queued = fleet.uploader("enqueue", str(photos), "--param", "delay=3")
     assert queued.returncode == 0, queued.stderr
 
-    wait_until(lambda: fleet.stats().in_flight >= 1, timeout=30, what="a task in flight")
+    # prefetch = concurrency = 2: once 2 of 4 are no longer ready, the victim holds two.
+    wait_until(lambda: fleet.stats().ready == 2, timeout=30, what="two tasks in flight")
     pool_children = _children(victim.pid)
     os.kill(victim.pid, signal.SIGKILL)
     assert victim.proc.wait(timeout=10) == -signal.SIGKILL
-    assert fleet.stats().in_flight >= 1  # still leased by the dead worker
 
     rescuer = fleet.worker(*slow)
-    results = []
+    results: list[Result] = []
     wait_until(
-        lambda: bool(results.extend(fleet.drain_results())) or len(results) >= 3,
-        timeout=60,
-        what="three results",
+        lambda: bool(results.extend(fleet.drain_results())) or len(results) >= 4,
+        timeout=90,
+        what="four results",
     )
     assert rescuer.stop() == 0
 
-    assert sorted(r.status for r in results) == ["ok", "ok", "ok"]
-    assert len({r.task_id for r in results}) == 3
+    assert sorted(r.status for r in results) == ["ok"] * 4
+    assert len({r.task_id for r in results}) == 4
     assert {r.worker.pid for r in results} == {rescuer.pid}
-    assert max(r.attempt for r in results) == 2  # the task the victim held, redelivered
+    assert sorted(r.attempt for r in results) == [1, 1, 2, 2]  # the two held, redelivered
     stats = fleet.stats()
-    assert (stats.ready, stats.in_flight, stats.dead) == (0, 0, 0)
+    assert (stats.ready, stats.dead) == (0, 0)
+    assert stats.in_flight in (0, None)
     # The victim's pool processes noticed their parent died and exited (no orphans).
     assert pool_children
     wait_until(
@@ -157,14 +161,15 @@ def test_sigterm_lets_the_in_flight_task_finish(fleet: Fleet, sample_dir: Path) 
     wait_until(lambda: fleet.stats().consumers == 1, timeout=30, what="the worker to subscribe")
     one = sorted(sample_dir.iterdir())[0]
     assert fleet.uploader("enqueue", str(one), "--param", "delay=1.5").returncode == 0
-    wait_until(lambda: fleet.stats().in_flight == 1, timeout=30, what="the task in flight")
+    wait_until(lambda: fleet.stats().ready == 0, timeout=30, what="the task in flight")
 
     assert worker.stop() == 0  # SIGTERM: drain, then exit cleanly
 
     [result] = fleet.drain_results()
     assert (result.status, result.attempt) == ("ok", 1)  # finished, not abandoned
     stats = fleet.stats()
-    assert (stats.ready, stats.in_flight) == (0, 0)
+    assert stats.ready == 0
+    assert stats.in_flight in (0, None)
     assert "draining" in worker.log()
 
 
@@ -181,3 +186,45 @@ def test_results_nobody_waited_for_are_read_with_uploader_results(
     results = parse_results(first.stdout)
     assert sorted(r.status for r in results) == ["ok"] * 3
     assert fleet.uploader("results").stdout == ""  # read means removed
+
+
+def test_fan_out_reaches_a_group_whose_workers_start_after_the_publish(
+    fleet: Fleet, sample_dir: Path
+) -> None:
+    early = fleet.worker("--concurrency", "1")
+    wait_until(lambda: fleet.stats().consumers == 1, timeout=30, what="the thumbs worker")
+    waiting = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "producer",
+            "enqueue",
+            str(sample_dir),
+            "-g",
+            "thumbs",
+            "-g",
+            "late",
+            "--wait",
+            "--json",
+            "--timeout",
+            "120",
+        ],
+        cwd=REPO,
+        env=fleet.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # "late" has no worker yet: its three tasks wait in its queue.
+    wait_until(lambda: fleet.stats("late").ready == 3, timeout=30, what="tasks for 'late'")
+    wait_until(lambda: fleet.stats("thumbs").ready == 0, timeout=60, what="thumbs to finish")
+    late = fleet.worker("--concurrency", "1", "--pipeline", "thumbs", group="late")
+    out, err = waiting.communicate(timeout=120)
+
+    assert waiting.returncode == 0, err
+    results = parse_results(out)
+    pairs = Counter((r.task_id, r.group) for r in results)
+    assert len(pairs) == 6 and set(pairs.values()) == {1}  # each task once per group
+    assert Counter(r.group for r in results) == {"thumbs": 3, "late": 3}
+    assert {r.worker.pid for r in results if r.group == "late"} == {late.pid}
+    assert {r.worker.pid for r in results if r.group == "thumbs"} == {early.pid}

@@ -41,6 +41,13 @@ def flaky_once(data: bytes, params: Mapping[str, Any], limits: Limits) -> Pipeli
     return thumbs.run(data, rest, limits)
 
 
+def always_transient(data: bytes, params: Mapping[str, Any], limits: Limits) -> PipelineOutput:
+    """Fail with a retryable error every time (unless told this is a good image)."""
+    if "marker" in params:
+        raise BlobUnavailable("simulated storage outage that never ends")
+    return thumbs.run(data, params, limits)
+
+
 def crash(data: bytes, params: Mapping[str, Any], limits: Limits) -> PipelineOutput:
     """Kill the pool process (like the OOM killer would), unless told it is a good image."""
     rest = dict(params)
