@@ -139,10 +139,21 @@ class AmqpTransport:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def _publisher(self) -> AbstractChannel:
+    async def open_channel(self, **kwargs: Any) -> AbstractChannel:
+        """A new channel on the live connection. A connection the broker has just dropped
+        makes aiormq raise a bare RuntimeError; it becomes a retryable ConnectionError and the
+        dead connection is discarded so the next attempt reconnects."""
         conn = await self.connection()
-        if self._pub is None or self._pub.is_closed:
-            self._pub = await conn.channel(publisher_confirms=True, on_return_raises=True)
+        try:
+            return await conn.channel(**kwargs)
+        except RuntimeError as exc:
+            if self._conn is conn:
+                self._conn = None
+            raise ConnectionError(f"connection lost while opening a channel ({exc})") from exc
+
+    async def _publisher(self) -> AbstractChannel:
+        if self._pub is None or self._pub.is_closed or self._conn is None or self._conn.is_closed:
+            self._pub = await self.open_channel(publisher_confirms=True, on_return_raises=True)
             self._exchanges.clear()
             self._declared.clear()
         return self._pub
@@ -413,8 +424,7 @@ class AmqpTransport:
 
     async def queue_counts(self, queue: str) -> tuple[int, int]:
         """(ready messages, consumers) of a queue; (0, 0) if it does not exist."""
-        conn = await self.connection()
-        channel = await conn.channel()
+        channel = await self.open_channel()
         try:
             declared = await channel.declare_queue(
                 queue, passive=True, timeout=self.settings.op_timeout
@@ -447,8 +457,7 @@ class AmqpTransport:
     async def _peek(self, queue: str, *, limit: int) -> list[tuple[bytes, dict[str, Any]]]:
         """Read up to ``limit`` messages without removing them: get them unacked on a
         private channel, then close it so RabbitMQ puts them back."""
-        conn = await self.connection()
-        channel = await conn.channel()
+        channel = await self.open_channel()
         out: list[tuple[bytes, dict[str, Any]]] = []
         try:
             declared = await channel.declare_queue(queue, passive=True)

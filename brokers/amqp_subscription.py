@@ -181,8 +181,7 @@ class AmqpSubscription(Generic[M]):
 
     async def _open(self) -> None:
         await self.transport.prepare_queue(self.queue, self.group)
-        conn = await self.transport.connection()
-        channel = await conn.channel()
+        channel = await self.transport.open_channel()
         await channel.set_qos(prefetch_count=self._prefetch)
         queue = await channel.declare_queue(self.queue, passive=True)
         self._generation += 1

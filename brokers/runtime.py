@@ -27,8 +27,12 @@ def configure_logging(level: str = "info") -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    # aiosqlite/asyncio chatter is not useful at info level.
     logging.getLogger("asyncio").setLevel(logging.WARNING)
+    if level.lower() != "debug":
+        # aiormq/aio-pika log every failed connection attempt at ERROR; the transport turns
+        # those into its own warnings and one-line errors, so theirs are noise here.
+        logging.getLogger("aiormq").setLevel(logging.CRITICAL)
+        logging.getLogger("aio_pika").setLevel(logging.CRITICAL)
 
 
 def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
@@ -49,3 +53,10 @@ def run_async(main: Coroutine[Any, Any, T], *, debug: bool = False) -> T:
         fail(exc.one_line())
     except KeyboardInterrupt:
         fail("interrupted", EXIT_INTERRUPTED)
+    except Exception as exc:
+        # A bug or an unclassified library failure: still one line (traceback with --debug).
+        logging.getLogger("pixfleet").log(
+            logging.ERROR if debug else logging.DEBUG, "unexpected failure", exc_info=True
+        )
+        text = " ".join(f"{type(exc).__name__}: {exc}".split())
+        fail(f"error[internal.error]: {text} (run with --debug for the traceback)")

@@ -82,7 +82,7 @@ def enqueue_cmd(
 ) -> None:
     """Check, store and publish one task per image. Exit 1 if any file was rejected, any
     result is an error, or --wait timed out."""
-    configure_logging("debug" if debug else "warning")
+    configure_logging("debug" if debug else "error")
     bad_groups = [g for g in group if not _GROUP.fullmatch(g)]
     if bad_groups:
         fail(ConfigError(f"invalid group name(s) {bad_groups}").one_line())
@@ -200,7 +200,7 @@ def results(
     debug: bool = DebugOpt,
 ) -> None:
     """Read (and remove) results from the default results channel."""
-    configure_logging("debug" if debug else "warning")
+    configure_logging("debug" if debug else "error")
     run_async(_read_results(broker or default_broker_url(), channel, follow, as_json), debug=debug)
 
 
@@ -221,7 +221,7 @@ def status(
     debug: bool = DebugOpt,
 ) -> None:
     """Backlog, in-flight, dead-lettered tasks and live consumers per group."""
-    configure_logging("debug" if debug else "warning")
+    configure_logging("debug" if debug else "error")
     run_async(_status(broker or default_broker_url(), as_json), debug=debug)
 
 

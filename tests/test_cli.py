@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -27,8 +28,21 @@ def run(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
     ("args", "line"),
     [
         (
-            ("producer", "status", "--broker", "amqp://guest:hunter2@localhost/"),
-            "error[config.invalid_url]: unsupported broker URL 'amqp://guest:***@localhost/'",
+            ("producer", "status", "--broker", "redis://guest:hunter2@localhost/"),
+            "error[config.invalid_url]: unsupported broker URL 'redis://guest:***@localhost/'",
+        ),
+        (
+            (
+                "producer",
+                "status",
+                "--broker",
+                "amqp://guest:hunter2@127.0.0.1:1/?connect_timeout=0.5",
+            ),
+            "error[broker.unavailable]: cannot reach amqp://guest:***@127.0.0.1:1/",
+        ),
+        (
+            ("producer", "status", "--broker", "amqp://127.0.0.1/?prefetch_count=3"),
+            "error[config.invalid_url]: unknown amqp URL option(s) ['prefetch_count']",
         ),
         (
             ("producer", "status", "--broker", "sqlite:///x.db?leese=3"),
@@ -69,3 +83,15 @@ def test_status_lists_groups(tmp_path: Path) -> None:
     status = run("producer", "status", home=tmp_path)
     rows = {line.split()[0]: line.split()[1:] for line in status.stdout.splitlines()[1:]}
     assert rows["thumbs"][0] == "2" and rows["other"][0] == "2"
+
+
+def test_wrong_amqp_credentials_are_one_line_without_the_password(
+    amqp_session_url: str, tmp_path: Path
+) -> None:
+    parts = urlsplit(amqp_session_url)
+    url = f"amqp://guest:hunter2@{parts.hostname}:{parts.port or 5672}{parts.path}"
+    done = run("producer", "status", "--broker", url, home=tmp_path)
+    assert done.returncode == 1
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("error[broker.auth_failed]: amqp://guest:***@")
+    assert "hunter2" not in done.stderr + done.stdout

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -148,11 +147,11 @@ def fleet(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fleet]:
 
 
 @pytest.fixture
-def private_rabbit(tmp_path: Path, amqp_session_url: str) -> Iterator[rabbitmq.PrivateRabbit]:
+def private_rabbit(amqp_session_url: str) -> Iterator[rabbitmq.PrivateRabbit]:
     """A RabbitMQ node of this test's own, for faults that must not hit the shared broker."""
-    if not shutil.which("rabbitmq-server"):
-        missing_broker("a local rabbitmq-server for a private fault-test node")
-    node = rabbitmq.PrivateRabbit(tmp_path / "rabbit")
+    if not rabbitmq.can_run_private_node():
+        missing_broker("a local rabbitmq-server (run as root) for a private fault-test node")
+    node = rabbitmq.PrivateRabbit()
     node.start()
     try:
         yield node

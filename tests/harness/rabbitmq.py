@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -107,11 +109,21 @@ def private_vhost(base_url: str, node: str | None = None) -> Iterator[str]:
             ctl("delete_vhost", vhost, node=node)
 
 
+def can_run_private_node() -> bool:
+    """Debian's wrapper runs the server as the ``rabbitmq`` user: we must be root (or it)."""
+    if not shutil.which("rabbitmq-server"):
+        return False
+    try:
+        return os.geteuid() in (0, pwd.getpwnam("rabbitmq").pw_uid)
+    except KeyError:
+        return False
+
+
 @dataclass
 class PrivateRabbit:
     """A RabbitMQ node of our own (name, ports, data dir) that tests may stop and restart."""
 
-    base: Path
+    base: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="pixfleet-rabbit-")))
     name: str = ""
     port: int = 0
 
@@ -119,13 +131,14 @@ class PrivateRabbit:
         self.name = self.name or f"pixfleet-fault-{uuid.uuid4().hex[:6]}@localhost"
         self.port = self.port or free_port()
         self.dist_port = free_port()
+        if os.geteuid() == 0:  # the node runs as the rabbitmq user and writes here
+            shutil.chown(self.base, "rabbitmq", "rabbitmq")
 
     @property
     def url(self) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port}/"
 
     def _env(self) -> dict[str, str]:
-        self.base.mkdir(parents=True, exist_ok=True)
         plugins = self.base / "enabled_plugins"
         plugins.write_text("[].\n")
         conf = self.base / "rabbitmq.conf"
@@ -163,3 +176,4 @@ class PrivateRabbit:
     def stop(self) -> None:
         with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
             ctl("stop", node=self.name)
+        shutil.rmtree(self.base, ignore_errors=True)
