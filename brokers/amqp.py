@@ -24,6 +24,7 @@ import asyncio
 import logging
 import os
 import socket
+import ssl
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Self, TypeVar
@@ -54,6 +55,19 @@ T = TypeVar("T")
 
 def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
+
+
+def _tls_failure(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification error inside ``exc`` (aiormq may wrap it), if any."""
+    seen: list[BaseException] = [exc]
+    while seen:
+        current = seen.pop()
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return current
+        seen.extend(a for a in current.args if isinstance(a, BaseException))
+        if current.__cause__ is not None:
+            seen.append(current.__cause__)
+    return None
 
 
 class AmqpTransport:
@@ -131,6 +145,12 @@ class AmqpTransport:
             except aiormq.exceptions.ProbableAuthenticationError as exc:
                 raise BrokerAuthFailed(f"{self.url} refused the credentials") from exc
             except RETRYABLE as exc:
+                tls = _tls_failure(exc)
+                if tls is not None:  # retrying cannot make an untrusted certificate trusted
+                    raise BrokerAuthFailed(
+                        f"TLS: the certificate of {self.url} is not trusted ({tls.verify_message});"
+                        " pass cafile=... in the URL"
+                    ) from exc
                 if loop.time() + delay > deadline:
                     raise BrokerUnavailable(f"cannot reach {self.url} ({_describe(exc)})") from exc
                 log.warning(

@@ -126,11 +126,13 @@ class PrivateRabbit:
     base: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="pixfleet-rabbit-")))
     name: str = ""
     port: int = 0
+    tls: bool = False  # also listen with TLS on tls_port, certificates from a throwaway CA
 
     def __post_init__(self) -> None:
         self.name = self.name or f"pixfleet-fault-{uuid.uuid4().hex[:6]}@localhost"
         self.port = self.port or free_port()
         self.dist_port = free_port()
+        self.tls_port = free_port() if self.tls else 0
         if os.geteuid() == 0:  # the node runs as the rabbitmq user and writes here
             shutil.chown(self.base, "rabbitmq", "rabbitmq")
 
@@ -138,11 +140,30 @@ class PrivateRabbit:
     def url(self) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port}/"
 
+    @property
+    def ca_file(self) -> Path:
+        return self.base / "ca.pem"
+
+    def tls_url(self, **options: str) -> str:
+        query = "&".join(f"{k}={v}" for k, v in options.items())
+        return f"amqps://guest:guest@localhost:{self.tls_port}/" + (f"?{query}" if query else "")
+
     def _env(self) -> dict[str, str]:
         plugins = self.base / "enabled_plugins"
         plugins.write_text("[].\n")
         conf = self.base / "rabbitmq.conf"
-        conf.write_text("loopback_users = none\n")
+        lines = ["loopback_users = none"]
+        if self.tls:
+            make_certificates(self.base)
+            lines += [
+                f"listeners.ssl.default = {self.tls_port}",
+                f"ssl_options.cacertfile = {self.base / 'ca.pem'}",
+                f"ssl_options.certfile = {self.base / 'server.pem'}",
+                f"ssl_options.keyfile = {self.base / 'server.key'}",
+                "ssl_options.verify = verify_none",
+                "ssl_options.fail_if_no_peer_cert = false",
+            ]
+        conf.write_text("\n".join(lines) + "\n")
         return dict(
             os.environ,
             RABBITMQ_NODENAME=self.name,
@@ -177,3 +198,60 @@ class PrivateRabbit:
         with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
             ctl("stop", node=self.name)
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+def make_certificates(directory: Path) -> None:
+    """A throwaway CA and a server certificate for localhost/127.0.0.1 (openssl CLI)."""
+
+    def run(*args: str) -> None:
+        subprocess.run(
+            ["openssl", *args], cwd=directory, check=True, capture_output=True, timeout=60
+        )
+
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=pixfleet test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    )
+    run(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    )
+    (directory / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    run(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.pem",
+    )
+    for name in ("ca.pem", "server.pem", "server.key"):
+        (directory / name).chmod(0o644)  # the node runs as the rabbitmq user
