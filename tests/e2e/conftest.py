@@ -91,6 +91,17 @@ class Fleet:
             check=False,
         )
 
+    def uploader_in_background(self, *args: str) -> subprocess.Popen[str]:
+        """Start an uploader command and return at once (``communicate()`` collects it)."""
+        return subprocess.Popen(
+            [sys.executable, "-m", "producer", *args],
+            cwd=REPO,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
     def stop_all(self) -> None:
         for worker in self.workers:
             if worker.proc.poll() is None:

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from brokers.envelope import Result
-from tests.e2e.conftest import REPO, Fleet, parse_results, wait_until
+from tests.e2e.conftest import Fleet, parse_results, wait_until
 from tests.helpers import images
 
 pytestmark = pytest.mark.e2e
@@ -193,27 +191,17 @@ def test_fan_out_reaches_a_group_whose_workers_start_after_the_publish(
 ) -> None:
     early = fleet.worker("--concurrency", "1")
     wait_until(lambda: fleet.stats().consumers == 1, timeout=30, what="the thumbs worker")
-    waiting = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "producer",
-            "enqueue",
-            str(sample_dir),
-            "-g",
-            "thumbs",
-            "-g",
-            "late",
-            "--wait",
-            "--json",
-            "--timeout",
-            "120",
-        ],
-        cwd=REPO,
-        env=fleet.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    waiting = fleet.uploader_in_background(
+        "enqueue",
+        str(sample_dir),
+        "-g",
+        "thumbs",
+        "-g",
+        "late",
+        "--wait",
+        "--json",
+        "--timeout",
+        "120",
     )
     # "late" has no worker yet: its three tasks wait in its queue.
     wait_until(lambda: fleet.stats("late").ready == 3, timeout=30, what="tasks for 'late'")

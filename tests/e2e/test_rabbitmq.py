@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import uuid
 from collections import Counter
 from datetime import UTC, datetime
@@ -18,7 +17,7 @@ import pytest
 from brokers.blobstore import FileBlobStore
 from brokers.schema import SCHEMA_DIR
 from tests.conftest import missing_broker
-from tests.e2e.conftest import REPO, Fleet, parse_results, wait_until
+from tests.e2e.conftest import Fleet, parse_results, wait_until
 from tests.harness.rabbitmq import PrivateRabbit
 from tests.helpers import images
 
@@ -37,25 +36,8 @@ def test_workers_and_uploader_ride_out_every_connection_being_dropped(
     try:
         workers = [fleet.worker(*slow), fleet.worker(*slow)]
         wait_until(lambda: fleet.stats().consumers == 2, timeout=30, what="two consumers")
-        waiting = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "producer",
-                "enqueue",
-                str(photos),
-                "--param",
-                "delay=0.3",
-                "--wait",
-                "--json",
-                "--timeout",
-                "180",
-            ],
-            cwd=REPO,
-            env=fleet.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        waiting = fleet.uploader_in_background(
+            "enqueue", str(photos), "--param", "delay=0.3", "--wait", "--json", "--timeout", "180"
         )
         wait_until(lambda: 0 < fleet.stats().ready <= 12, timeout=60, what="work under way")
 

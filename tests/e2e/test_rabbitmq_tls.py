@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import aclosing
 from pathlib import Path
@@ -12,8 +10,8 @@ import pytest
 
 from brokers import open_transport
 from tests.conftest import missing_broker
-from tests.e2e.conftest import REPO
 from tests.harness import rabbitmq
+from tests.helpers.cli import run_cli
 from tests.helpers.tasks import make_task, unique
 
 pytestmark = pytest.mark.e2e
@@ -47,15 +45,7 @@ def test_an_untrusted_server_certificate_is_one_clear_error(
     tls_rabbit: rabbitmq.PrivateRabbit, tmp_path: Path
 ) -> None:
     url = tls_rabbit.tls_url(connect_timeout="1")  # no cafile: the test CA is not trusted
-    done = subprocess.run(
-        [sys.executable, "-m", "producer", "status", "--broker", url],
-        cwd=REPO,
-        env={"PIXFLEET_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_cli("producer", "status", "--broker", url, home=tmp_path)
     assert done.returncode == 1
     [line] = done.stderr.strip().splitlines()
     assert line.startswith("error[broker.auth_failed]: TLS: the certificate of amqps://guest:***@")
