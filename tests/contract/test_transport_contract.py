@@ -145,7 +145,7 @@ async def test_consumer_killed_while_holding_a_task_gets_it_redelivered(
         async with aclosing(transport.consume(group, prefetch=1)) as it:
             redelivered = await next_of(it)
             assert redelivered.message.id == task.id
-            assert redelivered.attempt == 2
+            assert redelivered.attempt == (2 if broker.counts_crash_redeliveries else 1)
             await redelivered.ack()
         assert (await transport.stats(group)).ready == 0
 
@@ -266,12 +266,14 @@ async def test_backlog_counts_follow_the_lifecycle(broker: BrokerUnderTest) -> N
         async with aclosing(transport.consume(group, prefetch=1)) as it:
             delivery = await next_of(it)
             stats = await transport.stats(group)
-            assert (stats.ready, stats.consumers) == (2, 1)
+            # Where the broker reports lag, the delivered task still counts until committed.
+            assert (stats.ready, stats.consumers) == (3 if broker.lag_includes_in_flight else 2, 1)
             assert stats.in_flight in (1, None)  # None: the broker cannot tell (AMQP)
         # The subscription stopped consuming (a draining worker), yet its delivery can be acked.
         await delivery.ack()
         stats = await transport.stats(group)
-        assert (stats.ready, stats.consumers) == (2, 0)
+        assert stats.ready == 2
+        assert stats.consumers == 0 or broker.stale_member_counts
         assert stats.in_flight in (0, None)
 
 

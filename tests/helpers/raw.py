@@ -36,4 +36,10 @@ async def inject_raw(url: str, group: str, body: bytes) -> None:
 
             await transport.run(op)
         return
+    if scheme == "kafka":
+        from brokers.kafka import KafkaTransport  # noqa: PLC0415
+
+        async with KafkaTransport.from_url(url) as transport:
+            await transport.send_raw(body, groups=(group,))
+        return
     raise AssertionError(f"no raw injector for {scheme}")
