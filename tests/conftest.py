@@ -74,7 +74,7 @@ def kafka_session_url() -> Iterator[str]:
         yield url
 
 
-def _kafka(base: str) -> BrokerUnderTest:
+def kafka_under_test(base: str) -> BrokerUnderTest:
     """Every test gets its own namespace: topics and group ids never collide."""
     tansu = base.endswith(kafka.TANSU_MARK)
     base = base.removesuffix(kafka.TANSU_MARK)
@@ -102,7 +102,7 @@ def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BrokerUnd
     elif kind == "amqp":
         yield _amqp(request.getfixturevalue("amqp_session_url"))
     elif kind == "kafka":
-        yield _kafka(request.getfixturevalue("kafka_session_url"))
+        yield kafka_under_test(request.getfixturevalue("kafka_session_url"))
     else:  # pragma: no cover - later transports register here
         raise AssertionError(f"unknown broker kind {kind}")
 
@@ -119,7 +119,7 @@ def empty_broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Bro
         with rabbitmq.private_vhost(base) as url:
             yield _amqp(url)
     elif kind == "kafka":
-        yield _kafka(request.getfixturevalue("kafka_session_url"))
+        yield kafka_under_test(request.getfixturevalue("kafka_session_url"))
     else:  # pragma: no cover
         raise AssertionError(f"unknown broker kind {kind}")
 

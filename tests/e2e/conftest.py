@@ -18,7 +18,7 @@ import pytest
 
 from brokers import GroupStats, open_transport
 from brokers.envelope import Result, decode_result
-from tests.conftest import missing_broker
+from tests.conftest import BrokerUnderTest, kafka_under_test, missing_broker
 from tests.harness import rabbitmq
 
 REPO = Path(__file__).resolve().parents[2]
@@ -56,7 +56,12 @@ class WorkerProc:
 class Fleet:
     home: Path
     broker_url: str
+    broker: BrokerUnderTest | None = None
     workers: list[WorkerProc] = field(default_factory=list)
+
+    @property
+    def counts_crash_redeliveries(self) -> bool:
+        return self.broker is None or self.broker.counts_crash_redeliveries
 
     @property
     def env(self) -> dict[str, str]:
@@ -141,20 +146,29 @@ def parse_results(stdout: str) -> list[Result]:
     return [decode_result(line) for line in stdout.splitlines() if line.startswith("{")]
 
 
-@pytest.fixture(params=["sqlite", "amqp"])
+@pytest.fixture(params=["sqlite", "amqp", "kafka"])
 def fleet(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fleet]:
     home = tmp_path / "home"
     home.mkdir()
     with contextlib.ExitStack() as stack:
+        broker = None
         if request.param == "sqlite":
             url = f"sqlite:///{home}/broker.db?lease=2&poll=0.05"
-        else:
+        elif request.param == "amqp":
             session_url = request.getfixturevalue("amqp_session_url")
             base = session_url.rsplit("/", 1)[0] + "/"
             url = stack.enter_context(rabbitmq.private_vhost(base)) + "?reconnect_timeout=60"
-        f = Fleet(home, url)
+        else:
+            broker = kafka_under_test(request.getfixturevalue("kafka_session_url"))
+            url = broker.url
+        f = Fleet(home, url, broker)
         yield f
         f.stop_all()
+
+
+def held_tasks(directory: Path) -> Callable[[], int]:
+    """How many tasks the ``slow`` test pipeline has started (see its ``started`` param)."""
+    return lambda: len(list(directory.iterdir()))
 
 
 @pytest.fixture

@@ -18,8 +18,12 @@ from consumers.pipelines.base import Limits, PipelineOutput
 
 
 def slow(data: bytes, params: Mapping[str, Any], limits: Limits) -> PipelineOutput:
-    """Sleep ``params["delay"]`` seconds, then make thumbnails."""
+    """Sleep ``params["delay"]`` seconds, then make thumbnails. With ``params["started"]`` (a
+    directory), first drop a marker file there, so a test knows a worker holds the task."""
     rest = dict(params)
+    started = rest.pop("started", None)
+    if started:
+        (Path(str(started)) / f"{os.getpid()}-{time.monotonic_ns()}").touch()
     time.sleep(float(rest.pop("delay", 0)))
     return thumbs.run(data, rest, limits)
 
