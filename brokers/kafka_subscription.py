@@ -287,7 +287,9 @@ class KafkaSubscription(Generic[M]):
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         """Pin a new group's start at the earliest offset, so the group exists (and is listed)
         from its first join and no task published before it is skipped."""
-        consumer = self._live()
+        consumer = self._consumer
+        if consumer is None or self._stopped:
+            return  # a last assignment while leaving the group
         async with self._commit_lock:  # never race (and overwrite) a real commit
             fresh = {}
             for tp in assigned:
@@ -352,9 +354,9 @@ class KafkaSubscription(Generic[M]):
             return
         await self._commit()
         self._stopped = True
-        consumer, self._consumer = self._consumer, None
         self.transport.untrack(self)
         try:
-            await consumer.stop()  # leaves the group: partitions move on at once
+            await self._consumer.stop()  # leaves the group: partitions move on at once
         except KafkaError as exc:
             log.debug("stopping consumer of %s: %s", self.group_id, exc)
+        self._consumer = None
