@@ -8,6 +8,8 @@ Options (all optional; unknown ones are refused):
     replication=1          replication factor of topics pixfleet creates
     idempotence=true       idempotent producer (turn off for brokers without it, e.g. tansu)
     session_timeout=10     seconds before a silent consumer is dropped from its group
+    max_poll_interval=300  seconds between polls before a member is evicted (pixfleet keeps
+                           polling with paused partitions while every slot is busy)
     namespace=             prefix of every topic and group id (isolates tests / tenants)
     delivery_limit=10      deliveries (counted through retries) before a task is dead-lettered
     op_timeout=15          seconds for one broker round trip
@@ -43,6 +45,7 @@ class KafkaSettings:
     replication: int = 1
     idempotence: bool = True
     session_timeout: float = 10.0
+    max_poll_interval: float = 300.0
     namespace: str = ""
     delivery_limit: int = 10
     op_timeout: float = 15.0
@@ -89,6 +92,7 @@ class KafkaSettings:
             "replication",
             "idempotence",
             "session_timeout",
+            "max_poll_interval",
             "namespace",
             "delivery_limit",
             "op_timeout",
@@ -106,6 +110,7 @@ class KafkaSettings:
                 replication=int(options.get("replication", cls.replication)),
                 idempotence=_flag(options.get("idempotence", "true")),
                 session_timeout=float(options.get("session_timeout", cls.session_timeout)),
+                max_poll_interval=float(options.get("max_poll_interval", cls.max_poll_interval)),
                 namespace=options.get("namespace", ""),
                 delivery_limit=int(options.get("delivery_limit", cls.delivery_limit)),
                 op_timeout=float(options.get("op_timeout", cls.op_timeout)),

@@ -319,6 +319,7 @@ class KafkaSubscription(Generic[M]):
             auto_offset_reset="earliest",
             max_poll_records=self._prefetch,
             session_timeout_ms=int(s.session_timeout * 1000),
+            max_poll_interval_ms=int(s.max_poll_interval * 1000),
             heartbeat_interval_ms=max(int(s.session_timeout * 1000 / 3), 100),
             **s.client_options(),
         )

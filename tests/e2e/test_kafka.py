@@ -184,6 +184,25 @@ def test_a_worker_joining_and_one_leaving_mid_run_lose_nothing(
     assert third.pid in {r.worker.pid for r in results}, "the joining worker got partitions"
 
 
+def test_a_task_longer_than_max_poll_interval_keeps_its_member_in_the_group(
+    kafka_fleet: Fleet, sample_dir: Path
+) -> None:
+    fleet = kafka_fleet
+    fleet.broker_url += "&max_poll_interval=2"
+    worker = fleet.worker("--pipeline", "tests.helpers.pipelines:slow", "--concurrency", "1")
+    one = sorted(sample_dir.iterdir())[0]
+    done = fleet.uploader(
+        "enqueue", str(one), "--param", "delay=6", "--wait", "--json", "--timeout", "60"
+    )
+    assert done.returncode == 0, done.stderr
+    [result] = parse_results(done.stdout)
+    assert (result.status, result.attempt) == ("ok", 1)
+    assert worker.stop() == 0
+    # Not evicted: no rebalance happened while the 6 s task ran with a 2 s poll interval.
+    assert worker.log().count("Setting newly assigned partitions") <= 1, worker.log()
+    assert worker.stopped_ok_count() == 1
+
+
 def _kafkajs() -> Path:
     if not shutil.which("node") or not shutil.which("npm"):
         missing_broker("Node.js and npm (for the kafkajs client)")
