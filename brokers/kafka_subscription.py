@@ -48,6 +48,7 @@ class Record(Protocol):
 
 
 REVOKE_DRAIN = 10.0  # seconds a revoked partition waits for its in-flight records
+FETCH_MAX_WAIT_MS = 50  # an idle fetch returns this often: bounds the latency of a new task
 
 
 def header(record: Record, key: str) -> bytes | None:
@@ -320,6 +321,7 @@ class KafkaSubscription(Generic[M]):
             max_poll_records=self._prefetch,
             session_timeout_ms=int(s.session_timeout * 1000),
             max_poll_interval_ms=int(s.max_poll_interval * 1000),
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
             heartbeat_interval_ms=max(int(s.session_timeout * 1000 / 3), 100),
             **s.client_options(),
         )
