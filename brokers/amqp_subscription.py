@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
+from brokers import names
 from brokers.envelope import Result, Task
 from brokers.errors import BrokerError, EnvelopeError
 
@@ -155,8 +156,6 @@ class AmqpSubscription(Generic[M]):
         if ready or not self._inbox.empty():
             return False
         if self.group is not None:
-            from brokers import names  # noqa: PLC0415 - avoid a cycle at import
-
             delayed, _ = await self.transport.queue_counts(names.amqp_retry_queue(self.group))
             return delayed == 0
         return True
