@@ -18,6 +18,7 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from brokers import names
+from brokers.base import apply_delivery_limit
 from brokers.envelope import Result, Task
 from brokers.errors import BrokerError, EnvelopeError
 
@@ -73,10 +74,9 @@ class AmqpDelivery(Generic[M]):
             return
         self._settled = True
         sub, raw = self._sub, self._raw
-        limit = sub.transport.settings.delivery_limit
-        if requeue and self.attempt >= limit:
-            requeue = False
-            reason = f"delivery limit {limit} reached; last error: {reason or 'none'}"
+        requeue, reason = apply_delivery_limit(
+            requeue, self.attempt, sub.transport.settings.delivery_limit, reason
+        )
         if sub.group is None:  # reply channels have no dead-letter queue
             await sub.settle(raw.nack(requeue=requeue))
             return

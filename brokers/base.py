@@ -49,6 +49,19 @@ class Delivery(Protocol[M_co]):
         ...
 
 
+def delivery_limit_reason(limit: int, last_error: str) -> str:
+    """The dead-letter reason of a task that used up its deliveries (same text everywhere)."""
+    return f"delivery limit {limit} reached; last error: {last_error or 'none'}"
+
+
+def apply_delivery_limit(requeue: bool, attempt: int, limit: int, reason: str) -> tuple[bool, str]:
+    """The delivery-limit rule for a nack: on the last allowed attempt a requeue becomes a dead
+    letter. Transports without a broker-side count (or with copies that reset it) apply it."""
+    if requeue and attempt >= limit:
+        return False, delivery_limit_reason(limit, reason)
+    return requeue, reason
+
+
 @dataclass(frozen=True)
 class GroupStats:
     """A group's (or reply channel's) backlog as the broker sees it."""

@@ -26,6 +26,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from brokers import names
+from brokers.base import apply_delivery_limit
 from brokers.envelope import Result, Task
 from brokers.errors import EnvelopeError
 from brokers.kafka_offsets import OffsetTracker
@@ -78,10 +79,9 @@ class KafkaDelivery(Generic[M]):
             return
         self._settled = True
         sub, record = self._sub, self._record
-        limit = sub.transport.settings.delivery_limit
-        if requeue and self.attempt >= limit:
-            requeue = False
-            reason = f"delivery limit {limit} reached; last error: {reason or 'none'}"
+        requeue, reason = apply_delivery_limit(
+            requeue, self.attempt, sub.transport.settings.delivery_limit, reason
+        )
         if sub.group is not None:
             if requeue:
                 await sub.transport.retry(sub.group, record, self.attempt, delay)

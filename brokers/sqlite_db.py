@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from brokers.base import delivery_limit_reason
 from brokers.errors import BrokerError, BrokerUnavailable, Unroutable
 
 T = TypeVar("T")
@@ -238,8 +239,7 @@ class SqliteQueue:
             claimed = []
             for delivery_id, count, body, reason in rows:
                 if count >= max_deliveries:
-                    why = f"delivery limit {max_deliveries} reached"
-                    _dead(db, delivery_id, f"{why}; last error: {reason}" if reason else why)
+                    _dead(db, delivery_id, delivery_limit_reason(max_deliveries, reason))
                     continue
                 db.execute(
                     "UPDATE deliveries SET state = 'leased', lease_owner = ?, lease_expires = ?,"
