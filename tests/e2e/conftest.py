@@ -107,6 +107,17 @@ class Fleet:
             text=True,
         )
 
+    def result_of(self, task_id: str, *, timeout: float = 60) -> list[Result]:
+        """Read the default results channel until ``task_id`` has answered; its results."""
+        found: list[Result] = []
+
+        def arrived() -> bool:
+            found.extend(r for r in self.drain_results() if r.task_id == task_id)
+            return bool(found)
+
+        wait_until(arrived, timeout=timeout, what=f"the result of task {task_id}")
+        return found
+
     def stop_all(self) -> None:
         for worker in self.workers:
             if worker.proc.poll() is None:

@@ -240,16 +240,7 @@ def test_task_produced_by_kafkajs_is_processed_and_answered(kafka_fleet: Fleet) 
     )
 
     assert produced.returncode == 0, produced.stderr
-    found = []
-    wait_until(
-        lambda: (
-            bool(found.extend(r for r in fleet.drain_results() if r.task_id == task.id))
-            or bool(found)
-        ),
-        timeout=60,
-        what="the result of the kafkajs task",
-    )
-    [result] = found
+    [result] = fleet.result_of(task.id)
     assert result.status == "ok"
     assert sorted(o.name for o in result.outputs) == ["96.jpg", "96.webp"]
     assert worker.stop() == 0

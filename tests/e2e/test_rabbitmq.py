@@ -109,16 +109,7 @@ def test_task_published_by_amqp_publish_is_processed_and_answered(fleet: Fleet) 
     )
 
     assert published.returncode == 0, published.stderr
-    found = []
-    wait_until(
-        lambda: (
-            bool(found.extend(r for r in fleet.drain_results() if r.task_id == task_id))
-            or bool(found)
-        ),
-        timeout=60,
-        what="the result of the externally published task",
-    )
-    [result] = found
+    [result] = fleet.result_of(task_id)
     assert result.status == "ok" and result.correlation_id == task_id
     assert sorted(o.name for o in result.outputs) == ["128.jpg", "128.webp"]
     assert worker.stop() == 0
