@@ -8,7 +8,7 @@ VENV       ?= .venv
 BIN        := $(VENV)/bin
 STAMP      := $(VENV)/.installed
 DEMO_HOME  ?= $(CURDIR)/.pixfleet-demo
-CODE       := brokers producer consumers tests bench
+CODE       := pixfleet brokers producer consumers tests bench
 
 .PHONY: install brokers demo test lint typecheck pytest schema bench clean
 
@@ -51,7 +51,7 @@ pytest: $(STAMP) brokers
 test: lint typecheck pytest
 
 schema: $(STAMP)
-	$(BIN)/python -m brokers.schema
+	$(BIN)/python -m pixfleet.schema
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.throughput

@@ -29,10 +29,11 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from brokers import Task, open_transport
-from brokers.blobstore import FileBlobStore
+from brokers import open_transport
 from consumers.pipelines.base import Limits
 from consumers.pipelines.thumbs import run as thumbs
+from pixfleet.blobs import FileBlobStore
+from pixfleet.envelope import Task
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = (256, 1024)

@@ -20,8 +20,9 @@ import uuid
 from contextlib import aclosing
 from pathlib import Path
 
-from brokers import Task, open_transport
-from brokers.blobstore import FileBlobStore
+from brokers import open_transport
+from pixfleet.blobs import FileBlobStore
+from pixfleet.envelope import Task
 
 
 async def measure(url: str, messages: int, samples: int) -> dict[str, float]:

@@ -1,55 +1,70 @@
-"""pixfleet's transport layer: envelopes, errors, blob store and pluggable brokers.
+"""pixfleet's transport layer: the role contract and the pluggable brokers.
 
-Build a transport from a URL with :func:`open_transport` (imports are lazy, so a process that
-uses SQLite never imports aio-pika or aiokafka)::
+Build a transport from a URL with :func:`open_transport`. The scheme table maps each URL scheme
+to ``module:Class``; modules are imported lazily, so a process that uses SQLite never imports
+aio-pika or aiokafka, and a new transport costs one line here plus its package::
 
-    async with open_transport("sqlite:///.pixfleet/broker.db") as transport:
+    async with open_transport("sqlite:///var/lib/pixfleet/broker.db") as transport:
         await transport.publish(task)
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import Protocol, cast
 from urllib.parse import urlsplit
 
-from brokers.base import DeadLetter, Delivery, GroupStats, Transport
-from brokers.config import redact
-from brokers.envelope import BlobRef, Result, Task
-from brokers.errors import InvalidURL, PixfleetError
+from brokers.contract import (
+    DeadLetter,
+    Delivery,
+    GroupStats,
+    Inspector,
+    ReplyChannels,
+    Subscription,
+    TaskQueue,
+    Transport,
+)
+from pixfleet.errors import InvalidURL
+from pixfleet.settings import redact
 
 __all__ = [
-    "BlobRef",
+    "TRANSPORTS",
     "DeadLetter",
     "Delivery",
     "GroupStats",
-    "PixfleetError",
-    "Result",
-    "Task",
+    "Inspector",
+    "ReplyChannels",
+    "Subscription",
+    "TaskQueue",
     "Transport",
     "open_transport",
 ]
 
-SUPPORTED_SCHEMES = ("sqlite", "amqp", "amqps", "kafka")
+#: URL scheme -> ``module:Class``; the class has ``from_url(url) -> Transport``.
+TRANSPORTS: dict[str, str] = {
+    "sqlite": "brokers.sqlite:SqliteTransport",
+    "amqp": "brokers.amqp:AmqpTransport",
+    "amqps": "brokers.amqp:AmqpTransport",
+    "kafka": "brokers.kafka:KafkaTransport",
+}
+
+
+class _FromUrl(Protocol):
+    def from_url(self, url: str) -> Transport: ...
 
 
 def open_transport(url: str) -> Transport:
     """The transport for ``url`` (not yet connected: use it with ``async with``).
 
-    Raises :class:`~brokers.errors.InvalidURL` for an unknown scheme or bad options.
+    Raises :class:`~pixfleet.errors.InvalidURL` for an unknown scheme or bad options.
     """
     scheme = urlsplit(url).scheme
-    if scheme == "sqlite":
-        from brokers.sqlite import SqliteTransport  # noqa: PLC0415 - lazy by design
-
-        return SqliteTransport.from_url(url)
-    if scheme in ("amqp", "amqps"):
-        from brokers.amqp import AmqpTransport  # noqa: PLC0415 - lazy: imports aio-pika
-
-        return AmqpTransport.from_url(url)
-    if scheme == "kafka":
-        from brokers.kafka import KafkaTransport  # noqa: PLC0415 - lazy: imports aiokafka
-
-        return KafkaTransport.from_url(url)
-    raise InvalidURL(
-        f"unsupported broker URL {redact(url)!r}: scheme {scheme!r} is not one of "
-        f"{', '.join(SUPPORTED_SCHEMES)}"
-    )
+    target = TRANSPORTS.get(scheme)
+    if target is None:
+        raise InvalidURL(
+            f"unsupported broker URL {redact(url)!r}: scheme {scheme!r} is not one of "
+            f"{', '.join(TRANSPORTS)}"
+        )
+    module_name, _, class_name = target.partition(":")
+    cls = cast(_FromUrl, getattr(importlib.import_module(module_name), class_name))
+    return cls.from_url(url)

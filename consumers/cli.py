@@ -16,14 +16,14 @@ import signal
 import typer
 
 from brokers import open_transport
-from brokers.blobstore import open_blobstore
-from brokers.config import ENV_BLOBS, ENV_BROKER, default_blobs_url, default_broker_url
-from brokers.errors import ConfigError
-from brokers.runtime import configure_logging, fail, run_async
 from consumers.pipelines import BUILTIN, resolve
 from consumers.pipelines.base import Limits
 from consumers.pool import PipelinePool
 from consumers.worker import Worker, WorkerSettings, WorkerStats
+from pixfleet.blobs import open_blobstore
+from pixfleet.errors import ConfigError
+from pixfleet.runtime import configure_logging, fail, run_async
+from pixfleet.settings import ENV_BLOBS, ENV_BROKER, default_blobs_url, default_broker_url
 
 log = logging.getLogger(__name__)
 

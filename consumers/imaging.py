@@ -2,7 +2,7 @@
 
 * bytes and pixel limits are checked from the header, before any pixel is decoded;
 * Pillow's decompression-bomb warning is an error here;
-* truncated or corrupt data raises :class:`~brokers.errors.ImageInvalid`, never a raw ``OSError``;
+* truncated or corrupt data raises :class:`~pixfleet.errors.ImageInvalid`, never a raw ``OSError``;
 * JPEG sources are decoded in draft mode (DCT scaling) when a smaller size is enough;
 * EXIF orientation is applied, colours converted to sRGB, and all metadata dropped.
 """
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
-from brokers.errors import ImageInvalid, ImageTooLarge, UnsupportedFormat
 from consumers.pipelines.base import Limits
+from pixfleet.images import ImageInvalid, ImageTooLarge, UnsupportedFormat
 
 #: Formats accepted from uploads. Anything else is refused before decoding.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP")

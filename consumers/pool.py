@@ -24,8 +24,8 @@ from concurrent.futures.process import BrokenProcessPool
 from types import FrameType
 from typing import Any, Self
 
-from brokers.errors import PipelineError, PixfleetError, TaskTimeout, WorkerCrashed
 from consumers.pipelines.base import Limits, Pipeline, PipelineOutput
+from pixfleet.errors import PipelineError, PixfleetError, TaskTimeout, WorkerCrashed
 
 log = logging.getLogger(__name__)
 

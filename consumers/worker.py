@@ -25,12 +25,13 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from brokers.base import Delivery, Transport
-from brokers.blobstore import FileBlobStore
-from brokers.envelope import ErrorInfo, Output, Result, Task, WorkerInfo
-from brokers.errors import ImageTooLarge, PixfleetError, TaskExpired
+from brokers.contract import Delivery, Transport
 from consumers.pipelines.base import Limits, Pipeline
 from consumers.pool import PipelinePool
+from pixfleet.blobs import FileBlobStore
+from pixfleet.envelope import ErrorInfo, Output, Result, Task, WorkerInfo
+from pixfleet.errors import PixfleetError, TaskExpired
+from pixfleet.images import ImageTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ class Worker:
         stream = self.transport.consume(s.group, prefetch=s.effective_prefetch, until_empty=s.burst)
         stop = asyncio.ensure_future(self._stop.wait())
         try:
-            async with aclosing(stream) as deliveries:  # type: ignore[type-var]
+            async with aclosing(stream) as deliveries:
                 while True:
                     nxt = asyncio.ensure_future(anext(deliveries))
                     await asyncio.wait({nxt, stop}, return_when=asyncio.FIRST_COMPLETED)

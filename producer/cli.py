@@ -20,12 +20,12 @@ import typer
 from pydantic import JsonValue
 
 from brokers import Transport, open_transport
-from brokers.blobstore import FileBlobStore, open_blobstore
-from brokers.config import ENV_BLOBS, ENV_BROKER, default_blobs_url, default_broker_url
-from brokers.envelope import Result, Task
-from brokers.errors import ConfigError, PixfleetError
 from brokers.names import DEFAULT_GROUP, DEFAULT_RESULTS
-from brokers.runtime import EXIT_FAILURE, configure_logging, fail, run_async
+from pixfleet.blobs import FileBlobStore, open_blobstore
+from pixfleet.envelope import Result, Task
+from pixfleet.errors import ConfigError, PixfleetError
+from pixfleet.runtime import EXIT_FAILURE, configure_logging, fail, run_async
+from pixfleet.settings import ENV_BLOBS, ENV_BROKER, default_blobs_url, default_broker_url
 from producer import inspect
 from producer.render import result_line, stats_header, stats_line
 from producer.samples import write_samples
@@ -207,7 +207,7 @@ def results(
 async def _read_results(url: str, channel: str, follow: bool, as_json: bool) -> None:
     async with open_transport(url) as transport:
         stream = transport.replies(channel, until_empty=not follow)
-        async with aclosing(stream) as deliveries:  # type: ignore[type-var]
+        async with aclosing(stream) as deliveries:
             async for delivery in deliveries:
                 result = delivery.message
                 typer.echo(result.model_dump_json() if as_json else result_line(result))

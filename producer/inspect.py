@@ -17,17 +17,17 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from brokers.errors import (
-    ImageTooLarge,
+from pixfleet.errors import (
     InputEmpty,
     InputMissing,
     InputNotImage,
     InputTooLarge,
     InputUnreadable,
 )
+from pixfleet.images import MAX_BYTES, MAX_PIXELS, ImageTooLarge
 
-DEFAULT_MAX_BYTES = 50 * 1024 * 1024
-DEFAULT_MAX_PIXELS = 50_000_000
+DEFAULT_MAX_BYTES = MAX_BYTES
+DEFAULT_MAX_PIXELS = MAX_PIXELS
 
 _MAGIC: tuple[tuple[bytes, int, str], ...] = (
     (b"\xff\xd8\xff", 0, "image/jpeg"),

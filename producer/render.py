@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 from urllib.parse import unquote, urlsplit
 
-from brokers.base import GroupStats
-from brokers.envelope import Result
+from brokers.contract import GroupStats
+from pixfleet.envelope import Result
 
 
 def _size(n: int) -> str:

@@ -11,10 +11,10 @@ from datetime import UTC, datetime, timedelta
 
 from pydantic import JsonValue
 
-from brokers.base import Transport
-from brokers.blobstore import FileBlobStore
-from brokers.envelope import Result, Task
-from brokers.errors import ResultTimeout
+from brokers.contract import Transport
+from pixfleet.blobs import FileBlobStore
+from pixfleet.envelope import Result, Task
+from pixfleet.errors import ResultTimeout
 from producer.inspect import Candidate
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ async def collect_results(
 
 
 async def _results(transport: Transport, channel: str) -> AsyncIterator[Result]:
-    async with aclosing(transport.replies(channel)) as deliveries:  # type: ignore[type-var]
+    async with aclosing(transport.replies(channel)) as deliveries:
         async for delivery in deliveries:
             await delivery.ack()
             yield delivery.message

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from brokers import open_transport
-from brokers.amqp_settings import AmqpSettings
-from brokers.errors import InvalidURL
+from brokers.amqp.settings import AmqpSettings
+from pixfleet.errors import InvalidURL
 
 
 def test_options_are_split_between_pixfleet_and_aiormq() -> None:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from brokers.blobstore import FileBlobStore, open_blobstore
-from brokers.envelope import BlobRef
-from brokers.errors import BlobIntegrityError, BlobKeyError, BlobNotFound, InvalidURL
+from pixfleet.blobs import FileBlobStore, open_blobstore
+from pixfleet.envelope import BlobRef
+from pixfleet.errors import BlobIntegrityError, BlobKeyError, BlobNotFound, InvalidURL
 
 
 @pytest.fixture

@@ -45,7 +45,7 @@ def test_image_code_imports_no_transport() -> None:
     for path, names in imports_of("consumers").items():
         if "PIL" in _top(names):
             assert not {
-                n for n in names if n.startswith("brokers.") and n not in {"brokers.errors"}
+                n for n in names if n.startswith("brokers.") and n not in {"pixfleet.errors"}
             }, path
     for path, names in imports_of("brokers").items():
         assert "PIL" not in _top(names), f"{path}: the transport layer must not do imaging"

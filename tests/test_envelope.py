@@ -7,9 +7,9 @@ import json
 import jsonschema
 import pytest
 
-from brokers.envelope import Result, Task, decode_result, decode_task, encode
-from brokers.errors import EnvelopeError, EnvelopeVersionError
-from brokers.schema import SCHEMA_DIR, render, schema_files
+from pixfleet.envelope import Result, Task, decode_result, decode_task, encode
+from pixfleet.errors import EnvelopeError, EnvelopeVersionError
+from pixfleet.schema import SCHEMA_DIR, render, schema_files
 from tests.helpers.tasks import make_result, make_task
 
 

@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from brokers.errors import InvalidURL
-from brokers.kafka_offsets import OffsetTracker
-from brokers.kafka_settings import KafkaSettings
+from brokers.kafka.offsets import OffsetTracker
+from brokers.kafka.settings import KafkaSettings
+from pixfleet.errors import InvalidURL
 
 
 def test_commit_point_never_passes_an_unfinished_record() -> None:

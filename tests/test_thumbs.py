@@ -7,9 +7,10 @@ import io
 import pytest
 from PIL import Image, ImageCms
 
-from brokers.errors import ImageInvalid, ImageTooLarge, ParamsInvalid
 from consumers.pipelines.base import Limits
 from consumers.pipelines.thumbs import run
+from pixfleet.errors import ParamsInvalid
+from pixfleet.images import ImageInvalid, ImageTooLarge
 from tests.helpers import images
 
 LIMITS = Limits()

@@ -14,13 +14,13 @@ import pytest
 from PIL import Image
 
 from brokers import Transport, open_transport
-from brokers.blobstore import FileBlobStore
-from brokers.envelope import BlobRef, Result, Task
-from brokers.errors import TaskTimeout
 from consumers.pipelines import Pipeline, resolve
 from consumers.pipelines.base import Limits
 from consumers.pool import PipelinePool
 from consumers.worker import Worker, WorkerSettings, WorkerStats
+from pixfleet.blobs import FileBlobStore
+from pixfleet.envelope import BlobRef, Result, Task
+from pixfleet.errors import TaskTimeout
 from tests.conftest import BrokerUnderTest
 from tests.helpers import images, pipelines
 from tests.helpers.tasks import unique

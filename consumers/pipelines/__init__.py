@@ -9,8 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import cast
 
-from brokers.errors import PipelineUnknown
 from consumers.pipelines.base import Limits, Pipeline, PipelineOutput, Rendition
+from pixfleet.errors import PipelineUnknown
 
 __all__ = ["BUILTIN", "Limits", "Pipeline", "PipelineOutput", "Rendition", "resolve"]
 

@@ -1,7 +1,7 @@
 """What a pipeline is: a pure function from image bytes + params to renditions.
 
 Pipelines run in a worker's process pool, so they must be importable module-level functions and
-everything they take and return must pickle. They raise :class:`~brokers.errors.PixfleetError`
+everything they take and return must pickle. They raise :class:`~pixfleet.errors.PixfleetError`
 subclasses for classified failures (``image.invalid``, ``image.too_large``, ``params.invalid``);
 they never touch a broker or the blob store.
 """
@@ -12,14 +12,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pixfleet.images import Limits
 
-@dataclass(frozen=True)
-class Limits:
-    """Per-task limits on untrusted input, enforced by the worker and the pipeline."""
-
-    max_pixels: int = 50_000_000  # width * height of the source image
-    max_bytes: int = 50 * 1024 * 1024  # size of the source blob
-    timeout: float = 60.0  # seconds of pipeline time per task
+__all__ = ["Limits", "Pipeline", "PipelineOutput", "Rendition"]
 
 
 @dataclass(frozen=True)

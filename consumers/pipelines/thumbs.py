@@ -19,9 +19,9 @@ from typing import Any, Literal
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from brokers.errors import ParamsInvalid
 from consumers.imaging import Decoded, decode, fit_long_edge
 from consumers.pipelines.base import Limits, PipelineOutput, Rendition
+from pixfleet.errors import ParamsInvalid
 
 _EXT = {"jpeg": "jpg", "webp": "webp"}
 

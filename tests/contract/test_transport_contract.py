@@ -15,10 +15,10 @@ from contextlib import aclosing
 
 import pytest
 
-from brokers import Task, open_transport
-from brokers.base import Delivery
-from brokers.envelope import Result, decode_task
-from brokers.errors import Unroutable
+from brokers import open_transport
+from brokers.contract import Delivery
+from pixfleet.envelope import Result, Task, decode_task
+from pixfleet.errors import Unroutable
 from tests.conftest import BrokerUnderTest
 from tests.helpers.raw import inject_raw
 from tests.helpers.tasks import make_result, make_task, unique

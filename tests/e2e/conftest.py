@@ -17,7 +17,7 @@ from typing import IO
 import pytest
 
 from brokers import GroupStats, open_transport
-from brokers.envelope import Result, decode_result
+from pixfleet.envelope import Result, decode_result
 from tests.conftest import BrokerUnderTest, kafka_under_test, missing_broker
 from tests.harness import rabbitmq
 

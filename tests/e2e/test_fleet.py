@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from brokers.envelope import Result
+from pixfleet.envelope import Result
 from tests.e2e.conftest import Fleet, held_tasks, parse_results, wait_until
 from tests.helpers import images
 

@@ -16,9 +16,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from brokers import names
-from brokers.blobstore import FileBlobStore
-from brokers.envelope import Task, decode_result, encode
-from brokers.kafka import KafkaTransport
+from brokers.kafka.transport import KafkaTransport
+from pixfleet.blobs import FileBlobStore
+from pixfleet.envelope import Task, decode_result, encode
 from tests.conftest import BrokerUnderTest, kafka_under_test, missing_broker
 from tests.e2e.conftest import Fleet, held_tasks, parse_results, wait_until
 from tests.helpers import images

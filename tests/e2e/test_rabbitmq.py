@@ -14,8 +14,8 @@ from urllib.parse import urlsplit, urlunsplit
 import jsonschema
 import pytest
 
-from brokers.blobstore import FileBlobStore
-from brokers.schema import SCHEMA_DIR
+from pixfleet.blobs import FileBlobStore
+from pixfleet.schema import SCHEMA_DIR
 from tests.conftest import missing_broker
 from tests.e2e.conftest import Fleet, parse_results, wait_until
 from tests.harness.rabbitmq import PrivateRabbit

@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from brokers.errors import BlobUnavailable
 from consumers.pipelines import thumbs
 from consumers.pipelines.base import Limits, PipelineOutput
+from pixfleet.errors import BlobUnavailable
 
 
 def slow(data: bytes, params: Mapping[str, Any], limits: Limits) -> PipelineOutput:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from brokers import names
-from brokers.sqlite import SqliteSettings
-from brokers.sqlite_db import SqliteQueue
+from brokers.sqlite.db import SqliteQueue
+from brokers.sqlite.transport import SqliteSettings
 
 
 async def inject_raw(url: str, group: str, body: bytes) -> None:
@@ -23,7 +23,7 @@ async def inject_raw(url: str, group: str, body: bytes) -> None:
         from aio_pika import DeliveryMode, Message  # noqa: PLC0415
         from aio_pika.abc import AbstractChannel  # noqa: PLC0415
 
-        from brokers.amqp import AmqpTransport  # noqa: PLC0415
+        from brokers.amqp.transport import AmqpTransport  # noqa: PLC0415
 
         async with AmqpTransport.from_url(url) as transport:
 
@@ -37,7 +37,7 @@ async def inject_raw(url: str, group: str, body: bytes) -> None:
             await transport.run(op)
         return
     if scheme == "kafka":
-        from brokers.kafka import KafkaTransport  # noqa: PLC0415
+        from brokers.kafka.transport import KafkaTransport  # noqa: PLC0415
 
         async with KafkaTransport.from_url(url) as transport:
             await transport.send_raw(body, groups=(group,))

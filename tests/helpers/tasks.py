@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 
-from brokers.envelope import BlobRef, Result, Task, WorkerInfo
+from pixfleet.envelope import BlobRef, Result, Task, WorkerInfo
 
 
 def fake_blob(data: bytes = b"not-read-by-transport-tests") -> BlobRef:

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Coroutine
 from typing import Any, NoReturn, TypeVar
 
-from brokers.errors import PixfleetError
+from pixfleet.errors import PixfleetError
 
 T = TypeVar("T")
 

@@ -1,6 +1,6 @@
 """Published JSON Schemas of the wire envelopes.
 
-``python -m brokers.schema`` regenerates the checked-in files from the models; the test suite
+``python -m pixfleet.schema`` regenerates the checked-in files from the models; the test suite
 fails when they drift.
 """
 
@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from brokers.envelope import SCHEMA_VERSION, Result, Task
+from pixfleet.envelope import SCHEMA_VERSION, Result, Task
 
 SCHEMA_DIR = Path(__file__).parent
 

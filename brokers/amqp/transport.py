@@ -35,11 +35,11 @@ from aio_pika import DeliveryMode, ExchangeType, Message
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 
 from brokers import names
-from brokers.amqp_settings import AmqpSettings
-from brokers.amqp_subscription import RETRYABLE, AmqpSubscription
-from brokers.base import DeadLetter, GroupStats
-from brokers.envelope import Result, Task, decode_result, decode_task, encode
-from brokers.errors import (
+from brokers.amqp.settings import AmqpSettings
+from brokers.amqp.subscription import RETRYABLE, AmqpSubscription
+from brokers.contract import DeadLetter, GroupStats
+from pixfleet.envelope import Result, Task, decode_result, decode_task, encode
+from pixfleet.errors import (
     BrokerAuthFailed,
     BrokerError,
     BrokerUnavailable,
@@ -71,7 +71,7 @@ def _tls_failure(exc: BaseException) -> ssl.SSLCertVerificationError | None:
 
 
 class AmqpTransport:
-    """:class:`brokers.base.Transport` on RabbitMQ."""
+    """:class:`brokers.contract.Transport` on RabbitMQ."""
 
     def __init__(self, settings: AmqpSettings) -> None:
         self.settings = settings

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from brokers.errors import InvalidURL
+from pixfleet.errors import InvalidURL
 
 ENV_USER = "PIXFLEET_KAFKA_USER"
 ENV_PASSWORD = "PIXFLEET_KAFKA_PASSWORD"  # noqa: S105 - the name of a variable, not a secret

@@ -24,8 +24,8 @@ import os
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-from brokers.config import redact
-from brokers.errors import InvalidURL
+from pixfleet.errors import InvalidURL
+from pixfleet.settings import redact
 
 ENV_USER = "PIXFLEET_AMQP_USER"
 ENV_PASSWORD = "PIXFLEET_AMQP_PASSWORD"  # noqa: S105 - the name of a variable, not a secret

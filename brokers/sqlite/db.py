@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from brokers.base import delivery_limit_reason
-from brokers.errors import BrokerError, BrokerUnavailable, Unroutable
+from brokers.policy import delivery_limit_reason
+from pixfleet.errors import BrokerError, BrokerUnavailable, Unroutable
 
 T = TypeVar("T")
 

@@ -1,12 +1,12 @@
 """The wire envelopes: :class:`Task` and :class:`Result`, JSON only, schema version ``v``.
 
 Both models are frozen and validated strictly. :func:`decode_task` / :func:`decode_result` are the
-only way bytes from a broker become envelopes; they raise :class:`~brokers.errors.EnvelopeError`
-(bad JSON, schema violation) or :class:`~brokers.errors.EnvelopeVersionError` (a ``v`` this code
+only way bytes from a broker become envelopes; they raise :class:`~pixfleet.errors.EnvelopeError`
+(bad JSON, schema violation) or :class:`~pixfleet.errors.EnvelopeVersionError` (a ``v`` this code
 does not know) and never anything else, so a consumer can dead-letter the message and go on.
 
 The JSON Schemas in ``brokers/schema/`` are generated from these models (``python -m
-brokers.schema``) and a test keeps them in sync, so producers in other languages can write tasks.
+pixfleet.schema``) and a test keeps them in sync, so producers in other languages can write tasks.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from brokers.errors import EnvelopeError, EnvelopeVersionError
+from pixfleet.errors import EnvelopeError, EnvelopeVersionError
 
 SCHEMA_VERSION: Final = 1
 

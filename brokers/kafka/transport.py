@@ -11,7 +11,7 @@ Topology (every name prefixed with the URL's ``namespace``; see ``docs/kafka.md`
 
 Delivery: ``acks=all`` (idempotent producer when the broker supports it), no auto-commit, new
 groups start at the earliest offset, explicit per-partition commits of the lowest unfinished
-offset (:mod:`brokers.kafka_subscription`).
+offset (:mod:`brokers.kafka.subscription`).
 """
 
 from __future__ import annotations
@@ -29,17 +29,17 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, UnknownTopicOrPartitionError
 
 from brokers import names
-from brokers.base import DeadLetter, GroupStats
-from brokers.envelope import Result, Task, decode_result, decode_task, encode
-from brokers.errors import (
+from brokers.contract import DeadLetter, GroupStats
+from brokers.kafka.settings import KafkaSettings
+from brokers.kafka.subscription import KafkaSubscription, Record, header
+from pixfleet.envelope import Result, Task, decode_result, decode_task, encode
+from pixfleet.errors import (
     BrokerError,
     BrokerUnavailable,
     PublishFailed,
     TransportClosed,
     Unroutable,
 )
-from brokers.kafka_settings import KafkaSettings
-from brokers.kafka_subscription import KafkaSubscription, Record, header
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ _GROUP = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
 class KafkaTransport:
-    """:class:`brokers.base.Transport` on Kafka."""
+    """:class:`brokers.contract.Transport` on Kafka."""
 
     def __init__(self, settings: KafkaSettings) -> None:
         self.settings = settings

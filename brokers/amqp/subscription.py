@@ -18,12 +18,12 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from brokers import names
-from brokers.base import apply_delivery_limit
-from brokers.envelope import Result, Task
-from brokers.errors import BrokerError, EnvelopeError
+from brokers.policy import apply_delivery_limit
+from pixfleet.envelope import Result, Task
+from pixfleet.errors import BrokerError, EnvelopeError
 
 if TYPE_CHECKING:
-    from brokers.amqp import AmqpTransport
+    from brokers.amqp.transport import AmqpTransport
 
 log = logging.getLogger(__name__)
 

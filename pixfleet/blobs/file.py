@@ -7,7 +7,7 @@ Keys are deterministic, so every write is idempotent:
   own outputs instead of adding copies.
 
 Every key and every URI is resolved (symlinks included) and must stay inside the store root,
-otherwise :class:`~brokers.errors.BlobKeyError` is raised. Writes are atomic (temporary file,
+otherwise :class:`~pixfleet.errors.BlobKeyError` is raised. Writes are atomic (temporary file,
 fsync, rename), so a reader never sees half an image.
 """
 
@@ -21,8 +21,8 @@ import uuid
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from brokers.envelope import BlobRef
-from brokers.errors import (
+from pixfleet.envelope import BlobRef
+from pixfleet.errors import (
     BlobIntegrityError,
     BlobKeyError,
     BlobNotFound,

@@ -5,7 +5,8 @@ result consumers may rely on, and a ``retryable`` flag that says whether trying 
 again later can succeed. Adapters translate library exceptions into these with
 ``raise ... from exc`` so callers never have to know aio-pika, aiokafka or sqlite3.
 
-The CLI renders any of them as one line: ``error[<code>]: <message>``.
+The CLI renders any of them as one line: ``error[<code>]: <message>``. Image errors live with
+the image limits in :mod:`pixfleet.images`; ``docs/errors.md`` lists every code (a test checks).
 """
 
 from __future__ import annotations
@@ -151,27 +152,7 @@ class InputNotImage(InputError):
     code = "input.not_image"
 
 
-# -- image processing (worker) ---------------------------------------------------------------
-
-
-class ImageError(PixfleetError):
-    code = "image.error"
-
-
-class ImageInvalid(ImageError):
-    """Corrupt, truncated or undecodable image data."""
-
-    code = "image.invalid"
-
-
-class ImageTooLarge(ImageError):
-    """Too many pixels (decompression bomb) or too many bytes."""
-
-    code = "image.too_large"
-
-
-class UnsupportedFormat(ImageError):
-    code = "image.unsupported"
+# -- tasks and pipelines (worker) -----------------------------------------------------------
 
 
 class PipelineError(PixfleetError):
@@ -209,48 +190,3 @@ class ResultTimeout(PixfleetError):
     """``--wait`` gave up before every expected result arrived."""
 
     code = "result.timeout"
-
-
-ALL_ERRORS: tuple[type[PixfleetError], ...] = (
-    PixfleetError,
-    ConfigError,
-    InvalidURL,
-    BrokerError,
-    BrokerUnavailable,
-    PublishFailed,
-    BrokerAuthFailed,
-    Unroutable,
-    TransportClosed,
-    EnvelopeError,
-    EnvelopeVersionError,
-    BlobError,
-    BlobNotFound,
-    BlobIntegrityError,
-    BlobKeyError,
-    BlobUnavailable,
-    InputError,
-    InputMissing,
-    InputUnreadable,
-    InputEmpty,
-    InputTooLarge,
-    InputNotImage,
-    ImageError,
-    ImageInvalid,
-    ImageTooLarge,
-    UnsupportedFormat,
-    PipelineError,
-    ParamsInvalid,
-    TaskTimeout,
-    TaskExpired,
-    PipelineUnknown,
-    WorkerCrashed,
-    ResultTimeout,
-)
-
-
-def by_code(code: str) -> type[PixfleetError]:
-    """The error class for a stable code (``PixfleetError`` if the code is unknown)."""
-    for cls in ALL_ERRORS:
-        if cls.code == code:
-            return cls
-    return PixfleetError

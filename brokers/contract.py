@@ -1,8 +1,12 @@
-"""The transport contract every broker adapter implements.
+"""The transport contract, as small roles that every broker adapter implements.
 
 A *task* is published once and routed to every targeted consumer *group* (fan-out across groups);
 inside a group each task is handed to one consumer at a time (competing consumers). A *reply
 channel* is a named queue of results with a single reader group.
+
+Callers are typed against the roles they use: the worker against :class:`TaskQueue` and
+:class:`ReplyChannels`, ``uploader status`` against :class:`Inspector`. :class:`Transport` is
+all roles plus the connection lifecycle; :func:`brokers.open_transport` builds one from a URL.
 
 Guarantees every implementation gives (the contract tests in ``tests/contract`` check them):
 
@@ -13,18 +17,19 @@ Guarantees every implementation gives (the contract tests in ``tests/contract`` 
 * ``consume`` never has more than ``prefetch`` unsettled deliveries outstanding.
 * Bodies that are not valid envelopes are dead-lettered with the reason by the transport itself;
   consumers only ever see validated envelopes.
-* ``close`` releases unsettled deliveries back to the broker; nothing is left half-acknowledged.
+* ``Subscription.aclose`` and ``close`` release unsettled deliveries back to the broker;
+  nothing is left half-acknowledged.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol, Self, TypeVar, runtime_checkable
 
-from brokers.envelope import Result, Task
+from pixfleet.envelope import Result, Task
 
 M_co = TypeVar("M_co", Task, Result, covariant=True)
+D_co = TypeVar("D_co", covariant=True)
 
 
 @runtime_checkable
@@ -49,17 +54,19 @@ class Delivery(Protocol[M_co]):
         ...
 
 
-def delivery_limit_reason(limit: int, last_error: str) -> str:
-    """The dead-letter reason of a task that used up its deliveries (same text everywhere)."""
-    return f"delivery limit {limit} reached; last error: {last_error or 'none'}"
+class Subscription(Protocol[D_co]):
+    """An open subscription: iterate it for deliveries, ``aclose`` it to leave.
 
+    ``__anext__`` is cancellation-safe: cancelling a wait for the next delivery loses nothing.
+    ``aclose`` gives unsettled deliveries back and frees the subscription's resources; it is
+    idempotent, so ``contextlib.aclosing(subscription)`` is the way to hold one.
+    """
 
-def apply_delivery_limit(requeue: bool, attempt: int, limit: int, reason: str) -> tuple[bool, str]:
-    """The delivery-limit rule for a nack: on the last allowed attempt a requeue becomes a dead
-    letter. Transports without a broker-side count (or with copies that reset it) apply it."""
-    if requeue and attempt >= limit:
-        return False, delivery_limit_reason(limit, reason)
-    return requeue, reason
+    def __aiter__(self) -> Subscription[D_co]: ...
+
+    async def __anext__(self) -> D_co: ...
+
+    async def aclose(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -79,8 +86,8 @@ class DeadLetter:
     reason: str
 
 
-class Transport(Protocol):
-    """The async transport contract. Build one with :func:`brokers.open_transport`."""
+class Connected(Protocol):
+    """What every role has: a safe URL and an async lifecycle."""
 
     @property
     def url(self) -> str:
@@ -91,20 +98,28 @@ class Transport(Protocol):
 
     async def __aexit__(self, *exc: object) -> None: ...
 
+
+class TaskQueue(Protocol):
+    """Publishing tasks and consuming a group's share of them."""
+
     async def publish(self, task: Task) -> None:
         """Durably store ``task`` for each of ``task.groups`` (empty: every subscribed group).
 
         A named group that has no subscription yet gets one, so its tasks wait for its first
-        worker. Raises :class:`~brokers.errors.Unroutable` if the task would reach no group.
+        worker. Raises :class:`~pixfleet.errors.Unroutable` if the task would reach no group.
         """
         ...
 
     def consume(
         self, group: str, *, prefetch: int = 16, until_empty: bool = False
-    ) -> AsyncIterator[Delivery[Task]]:
+    ) -> Subscription[Delivery[Task]]:
         """Subscribe ``group`` and yield its tasks. With ``until_empty`` the iterator ends once
         the group has nothing ready and nothing delayed (``worker run --burst``)."""
         ...
+
+
+class ReplyChannels(Protocol):
+    """Result channels: workers reply, clients wait on private or shared channels."""
 
     async def reply(self, reply_to: str, result: Result) -> str:
         """Durably publish ``result`` to the channel ``reply_to``; if that channel no longer
@@ -121,9 +136,13 @@ class Transport(Protocol):
 
     def replies(
         self, channel: str, *, prefetch: int = 64, until_empty: bool = False
-    ) -> AsyncIterator[Delivery[Result]]:
+    ) -> Subscription[Delivery[Result]]:
         """Yield the results sent to ``channel``; ack each once it has been handled."""
         ...
+
+
+class Inspector(Protocol):
+    """Read-only views of the broker for operators and autoscalers."""
 
     async def stats(self, group: str) -> GroupStats:
         """Backlog, in-flight, dead and live consumers of one group."""
@@ -136,3 +155,7 @@ class Transport(Protocol):
     async def dead_letters(self, group: str, *, limit: int = 100) -> list[DeadLetter]:
         """Look at (without removing) a group's dead-lettered messages and their reasons."""
         ...
+
+
+class Transport(Connected, TaskQueue, ReplyChannels, Inspector, Protocol):
+    """Every role of one broker connection. Build one with :func:`brokers.open_transport`."""

@@ -4,7 +4,7 @@
   or unsettled at once. The consumer keeps polling (partitions paused) while every slot is busy,
   so long image tasks never exceed ``max.poll.interval``.
 * Offsets are committed explicitly, per partition, up to the lowest unfinished record
-  (:class:`~brokers.kafka_offsets.OffsetTracker`) - never a bare ``commit()``.
+  (:class:`~brokers.kafka.offsets.OffsetTracker`) - never a bare ``commit()``.
 * On a rebalance, revoked partitions drop their buffered records, wait (bounded) for their
   in-flight records, commit what is safe and forget their bookkeeping; a ``CommitFailedError``
   is logged, not raised: the new owner re-reads from the last safe offset (at-least-once).
@@ -26,13 +26,13 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from brokers import names
-from brokers.base import apply_delivery_limit
-from brokers.envelope import Result, Task
-from brokers.errors import EnvelopeError
-from brokers.kafka_offsets import OffsetTracker
+from brokers.kafka.offsets import OffsetTracker
+from brokers.policy import apply_delivery_limit
+from pixfleet.envelope import Result, Task
+from pixfleet.errors import EnvelopeError
 
 if TYPE_CHECKING:
-    from brokers.kafka import KafkaTransport
+    from brokers.kafka.transport import KafkaTransport
 
 log = logging.getLogger(__name__)
 

@@ -31,10 +31,10 @@ from typing import Generic, Self, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from brokers import names
-from brokers.base import DeadLetter, GroupStats
-from brokers.envelope import Result, Task, decode_result, decode_task, encode
-from brokers.errors import EnvelopeError, InvalidURL, TransportClosed
-from brokers.sqlite_db import Claimed, SqliteQueue
+from brokers.contract import DeadLetter, GroupStats
+from brokers.sqlite.db import Claimed, SqliteQueue
+from pixfleet.envelope import Result, Task, decode_result, decode_task, encode
+from pixfleet.errors import EnvelopeError, InvalidURL, TransportClosed
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ class SqliteDelivery(Generic[M]):
 
 
 class SqliteTransport:
-    """:class:`brokers.base.Transport` on one SQLite database file."""
+    """:class:`brokers.contract.Transport` on one SQLite database file."""
 
     def __init__(self, settings: SqliteSettings) -> None:
         self.settings = settings
