@@ -34,6 +34,11 @@ SCHEMA_VERSION: Final = 1
 GroupName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
 #: Identifiers (task ids, correlation ids, reply channel names).
 Ident = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")]
+#: One to sixteen ``/``-separated segments, each starting with a letter or digit: a blob key
+#: relative to the store, never absolute, never ``..``, never a scheme.
+KEY_SEGMENT = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}"
+KEY_PATTERN = rf"^{KEY_SEGMENT}(?:/{KEY_SEGMENT}){{0,15}}$"
+BlobKey = Annotated[str, StringConstraints(pattern=KEY_PATTERN)]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 ContentType = Annotated[str, StringConstraints(pattern=r"^image/[a-z0-9.+-]{1,64}$")]
 TraceParent = Annotated[
@@ -46,9 +51,12 @@ class _Frozen(BaseModel):
 
 
 class BlobRef(_Frozen):
-    """Claim check: where the bytes are and what they must hash to."""
+    """Claim check: where the bytes are and what they must hash to.
 
-    uri: Annotated[str, StringConstraints(min_length=1, max_length=2048)]
+    ``uri`` is a key relative to the blob store (``uploads/ab/cd/<sha256>``), resolved against
+    the store URL each machine is configured with, so stores may be mounted anywhere."""
+
+    uri: BlobKey
     sha256: Sha256
     size: Annotated[int, Field(ge=0)]
     content_type: ContentType
@@ -101,7 +109,7 @@ class Task(_Frozen):
 
 class Output(_Frozen):
     name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
-    uri: str
+    uri: BlobKey = Field(description="Key relative to the blob store")
     width: Annotated[int, Field(ge=1)]
     height: Annotated[int, Field(ge=1)]
     format: Annotated[str, StringConstraints(pattern=r"^[a-z0-9]{1,16}$")]

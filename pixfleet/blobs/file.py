@@ -1,14 +1,11 @@
-"""Claim-check blob store: image bytes live here, tasks carry only a :class:`BlobRef`.
+"""The ``file://`` blob store: a directory, local or on storage every machine mounts.
 
-Keys are deterministic, so every write is idempotent:
-
-* uploads: ``uploads/<sha[:2]>/<sha[2:4]>/<sha256>`` - the same bytes are stored once;
-* outputs: ``outputs/<group>/<task[:2]>/<task id>/<name>`` - a redelivered task overwrites its
-  own outputs instead of adding copies.
-
-Every key and every URI is resolved (symlinks included) and must stay inside the store root,
-otherwise :class:`~pixfleet.errors.BlobKeyError` is raised. Writes are atomic (temporary file,
-fsync, rename), so a reader never sees half an image.
+Keys are relative to the root, so machines may mount the store at different paths: a task names
+``uploads/ab/cd/<sha256>``, never ``/mnt/blobs/uploads/...``. Every key is checked
+(:func:`~pixfleet.blobs.keys.check_key`) and then resolved, symlinks included; a path that leaves
+the root is a :class:`~pixfleet.errors.BlobKeyError`. Writes go to a temporary file that is
+fsynced and then renamed (or hard-linked, for create-if-absent), so a reader never sees half a
+blob and a failed write leaves no ``.tmp`` file behind.
 """
 
 from __future__ import annotations
@@ -16,154 +13,156 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import re
 import uuid
+from collections.abc import AsyncIterable, Callable
 from pathlib import Path
+from typing import BinaryIO, TypeVar
 from urllib.parse import unquote, urlsplit
 
+from pixfleet.blobs.keys import check_key, upload_key, verify
+from pixfleet.blobs.protocol import StoredBlob
 from pixfleet.envelope import BlobRef
-from pixfleet.errors import (
-    BlobIntegrityError,
-    BlobKeyError,
-    BlobNotFound,
-    BlobUnavailable,
-    InvalidURL,
-)
+from pixfleet.errors import BlobKeyError, BlobNotFound, BlobUnavailable, InvalidURL
 
-_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")
-
-
-def open_blobstore(url: str) -> FileBlobStore:
-    """Build the store for ``url``: ``file:///abs/dir`` or a plain directory path."""
-    parts = urlsplit(url)
-    if parts.scheme == "file":
-        if parts.netloc not in ("", "localhost"):
-            raise InvalidURL(f"file:// blob store must be local, got host {parts.netloc!r}")
-        return FileBlobStore(Path(unquote(parts.path)))
-    if parts.scheme == "" and url:
-        return FileBlobStore(Path(url))
-    raise InvalidURL(f"unsupported blob store URL {url!r} (use file:///path)")
+T = TypeVar("T")
+_STAGING = ".staging"  # inside the root, so a rename never crosses file systems
 
 
 class FileBlobStore:
-    """A directory (local or shared storage mounted at the same path on every machine)."""
+    """A directory as a blob store (see the module docstring)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root.expanduser().resolve()
+
+    @classmethod
+    def from_url(cls, url: str) -> FileBlobStore:
+        """``file:///abs/dir`` (or a plain directory path)."""
+        parts = urlsplit(url)
+        if parts.scheme == "file":
+            if parts.netloc not in ("", "localhost"):
+                raise InvalidURL(f"file:// blob store must be local, got host {parts.netloc!r}")
+            return cls(Path(unquote(parts.path)))
+        if parts.scheme == "" and url:
+            return cls(Path(url))
+        raise InvalidURL(f"not a file:// blob store URL: {url!r}")
 
     @property
     def url(self) -> str:
         return self.root.as_uri()
 
-    # -- keys -----------------------------------------------------------------------------
-
-    @staticmethod
-    def upload_key(sha256: str) -> str:
-        if not re.fullmatch(r"[0-9a-f]{64}", sha256):
-            raise BlobKeyError(f"not a sha256 digest: {sha256!r}")
-        return f"uploads/{sha256[:2]}/{sha256[2:4]}/{sha256}"
-
-    @staticmethod
-    def output_key(task_id: str, group: str, name: str) -> str:
-        for segment in (task_id, group, name):
-            if not _SEGMENT.fullmatch(segment):
-                raise BlobKeyError(f"unsafe key segment {segment!r}")
-        return f"outputs/{group}/{task_id[:2]}/{task_id}/{name}"
-
     def path_for_key(self, key: str) -> Path:
         """The file of ``key``; raises :class:`BlobKeyError` if it would leave the root."""
-        if not key or "\x00" in key or "\\" in key or key.startswith("/"):
-            raise BlobKeyError(f"invalid blob key {key!r}")
-        path = (self.root / key).resolve()
+        path = (self.root / check_key(key)).resolve()
         if not path.is_relative_to(self.root) or path == self.root:
             raise BlobKeyError(f"blob key {key!r} escapes the store root")
         return path
 
-    def path_for_uri(self, uri: str) -> Path:
-        """The file of a ``file://`` URI of this store; anything else is a :class:`BlobKeyError`."""
-        parts = urlsplit(uri)
-        if parts.scheme != "file" or parts.netloc not in ("", "localhost"):
-            raise BlobKeyError(f"not a file:// URI of this store: {uri!r}")
-        raw = Path(unquote(parts.path))
-        if not raw.is_absolute():
-            raise BlobKeyError(f"blob URI must be absolute: {uri!r}")
-        try:
-            key = raw.relative_to(self.root).as_posix()
-        except ValueError as exc:
-            raise BlobKeyError(f"blob URI {uri!r} is outside the store root {self.root}") from exc
-        return self.path_for_key(key)
-
-    def uri_for_key(self, key: str) -> str:
+    def url_for(self, key: str) -> str:
         return self.path_for_key(key).as_uri()
 
-    # -- sync primitives (run in a thread by the async API) --------------------------------
+    # -- the protocol ---------------------------------------------------------------------
 
-    def _write_atomic(self, path: Path, data: bytes) -> None:
+    async def put(self, key: str, data: bytes) -> StoredBlob:
+        path = self.path_for_key(key)
+        await _io(self._write, path, [data], os.replace)
+        return StoredBlob(key, hashlib.sha256(data).hexdigest(), len(data))
+
+    async def put_stream(self, chunks: AsyncIterable[bytes]) -> StoredBlob:
+        tmp = self._staging_path()
+        digest, size = hashlib.sha256(), 0
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-            dir_fd = os.open(path.parent, os.O_RDONLY)
+            fh = await _io(_open_new, tmp)
             try:
-                os.fsync(dir_fd)
+                async for chunk in chunks:
+                    digest.update(chunk)
+                    size += len(chunk)
+                    await _io(fh.write, chunk)
+                await _io(_fsync_file, fh)
             finally:
-                os.close(dir_fd)
-        except OSError as exc:
-            raise BlobUnavailable(f"cannot write {path}: {exc.strerror or exc}") from exc
+                fh.close()
+            key = upload_key(digest.hexdigest())
+            await _io(_publish_file, tmp, self.path_for_key(key), os.replace)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return StoredBlob(key, digest.hexdigest(), size)
 
-    def _read(self, path: Path) -> bytes:
-        try:
-            return path.read_bytes()
-        except FileNotFoundError as exc:
-            raise BlobNotFound(f"blob not found: {path.as_uri()}") from exc
-        except IsADirectoryError as exc:
-            raise BlobKeyError(f"blob URI names a directory: {path.as_uri()}") from exc
-        except OSError as exc:
-            raise BlobUnavailable(f"cannot read {path}: {exc.strerror or exc}") from exc
-
-    def put_upload_sync(self, data: bytes, content_type: str) -> BlobRef:
-        digest = hashlib.sha256(data).hexdigest()
-        path = self.path_for_key(self.upload_key(digest))
-        if not (path.is_file() and path.stat().st_size == len(data)):
-            self._write_atomic(path, data)
-        return BlobRef(uri=path.as_uri(), sha256=digest, size=len(data), content_type=content_type)
-
-    def put_output_sync(self, task_id: str, group: str, name: str, data: bytes) -> str:
-        path = self.path_for_key(self.output_key(task_id, group, name))
-        self._write_atomic(path, data)
-        return path.as_uri()
-
-    def get_sync(self, ref: BlobRef) -> bytes:
-        data = self._read(self.path_for_uri(ref.uri))
-        if len(data) != ref.size:
-            raise BlobIntegrityError(
-                f"blob {ref.uri} has {len(data)} bytes, the task says {ref.size}"
-            )
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != ref.sha256:
-            raise BlobIntegrityError(f"blob {ref.uri} sha256 mismatch ({digest[:12]}...)")
-        return data
-
-    def read_sync(self, uri: str) -> bytes:
-        return self._read(self.path_for_uri(uri))
-
-    # -- async API ------------------------------------------------------------------------
-
-    async def put_upload(self, data: bytes, content_type: str) -> BlobRef:
-        """Store upload bytes under their content hash (idempotent)."""
-        return await asyncio.to_thread(self.put_upload_sync, data, content_type)
-
-    async def put_output(self, task_id: str, group: str, name: str, data: bytes) -> str:
-        """Store (or overwrite) one output of a task; returns its URI."""
-        return await asyncio.to_thread(self.put_output_sync, task_id, group, name, data)
+    async def read(self, key: str) -> bytes:
+        return await _io(_read, self.path_for_key(key), key)
 
     async def get(self, ref: BlobRef) -> bytes:
-        """Fetch and verify size and sha256 (:class:`BlobIntegrityError` on mismatch)."""
-        return await asyncio.to_thread(self.get_sync, ref)
+        data = await self.read(ref.uri)
+        return verify(ref.uri, data, sha256=ref.sha256, size=ref.size)
 
-    async def read(self, uri: str) -> bytes:
-        return await asyncio.to_thread(self.read_sync, uri)
+    async def exists(self, key: str) -> bool:
+        return await _io(self.path_for_key(key).is_file)
+
+    async def create(self, key: str, data: bytes) -> bool:
+        path = self.path_for_key(key)
+        try:
+            await _io(self._write, path, [data], os.link)
+        except FileExistsError:
+            return False
+        return True
+
+    async def delete(self, key: str) -> None:
+        await _io(self.path_for_key(key).unlink, True)
+
+    # -- file primitives (run in a thread) --------------------------------------------------
+
+    def _staging_path(self) -> Path:
+        return self.root / _STAGING / f"{uuid.uuid4().hex}.tmp"
+
+    def _write(self, path: Path, parts: list[bytes], place: Callable[[Path, Path], None]) -> None:
+        tmp = self._staging_path()
+        try:
+            with _open_new(tmp) as fh:
+                for part in parts:
+                    fh.write(part)
+                _fsync_file(fh)
+            _publish_file(tmp, path, place)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def _open_new(path: Path) -> BinaryIO:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return open(path, "xb")
+
+
+def _fsync_file(fh: BinaryIO) -> None:
+    fh.flush()
+    os.fsync(fh.fileno())
+
+
+def _publish_file(tmp: Path, path: Path, place: Callable[[Path, Path], None]) -> None:
+    """Move (``os.replace``) or link (``os.link``: fails if ``path`` exists) ``tmp`` into place,
+    then fsync the directory so the name survives a crash."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    place(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _read(path: Path, key: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError as exc:
+        raise BlobNotFound(f"blob not found: {key}") from exc
+    except IsADirectoryError as exc:
+        raise BlobKeyError(f"blob key names a directory: {key}") from exc
+    except OSError as exc:
+        raise BlobUnavailable(f"cannot read blob {key}: {exc.strerror or exc}") from exc
+
+
+async def _io(fn: Callable[..., T], *args: object) -> T:
+    """Run a blocking file operation in a thread; OS errors become :class:`BlobUnavailable`
+    (``FileExistsError`` passes through: create-if-absent handles it)."""
+    try:
+        return await asyncio.to_thread(fn, *args)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        raise BlobUnavailable(f"blob store I/O failed: {exc.strerror or exc}") from exc

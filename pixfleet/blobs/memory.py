@@ -1,0 +1,64 @@
+"""An in-memory blob store for unit tests: the protocol's semantics, no disk, one process.
+
+``memory://`` URLs give a fresh, empty store each time; nothing is shared between processes, so
+it is no substitute for ``file://`` or ``s3://`` anywhere a second process must read a blob.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterable
+
+from pixfleet.blobs.keys import check_key, upload_key, verify
+from pixfleet.blobs.protocol import StoredBlob
+from pixfleet.envelope import BlobRef
+from pixfleet.errors import BlobNotFound, InvalidURL
+
+
+class MemoryBlobStore:
+    """A dict of key -> bytes behind the :class:`~pixfleet.blobs.protocol.BlobStore` protocol."""
+
+    def __init__(self) -> None:
+        self.blobs: dict[str, bytes] = {}
+
+    @classmethod
+    def from_url(cls, url: str) -> MemoryBlobStore:
+        if url.rstrip("/") != "memory:":
+            raise InvalidURL(f"a memory blob store takes no path or options: {url!r}")
+        return cls()
+
+    @property
+    def url(self) -> str:
+        return "memory://"
+
+    def url_for(self, key: str) -> str:
+        return f"memory://{check_key(key)}"
+
+    async def put(self, key: str, data: bytes) -> StoredBlob:
+        self.blobs[check_key(key)] = bytes(data)
+        return StoredBlob(key, hashlib.sha256(data).hexdigest(), len(data))
+
+    async def put_stream(self, chunks: AsyncIterable[bytes]) -> StoredBlob:
+        data = b"".join([chunk async for chunk in chunks])
+        return await self.put(upload_key(hashlib.sha256(data).hexdigest()), data)
+
+    async def read(self, key: str) -> bytes:
+        try:
+            return self.blobs[check_key(key)]
+        except KeyError:
+            raise BlobNotFound(f"blob not found: {key}") from None
+
+    async def get(self, ref: BlobRef) -> bytes:
+        return verify(ref.uri, await self.read(ref.uri), sha256=ref.sha256, size=ref.size)
+
+    async def exists(self, key: str) -> bool:
+        return check_key(key) in self.blobs
+
+    async def create(self, key: str, data: bytes) -> bool:
+        if check_key(key) in self.blobs:
+            return False
+        self.blobs[key] = bytes(data)
+        return True
+
+    async def delete(self, key: str) -> None:
+        self.blobs.pop(check_key(key), None)

@@ -1,0 +1,71 @@
+"""The blob-store protocol: what the uploader, the worker and the ingress may ask of a store.
+
+Image bytes never travel through the broker (claim check): they live in a blob store chosen by
+URL (:func:`pixfleet.blobs.open_blobstore`), and tasks and results carry store-relative keys, so
+machines that share nothing but the broker and the object store work together. Nothing outside
+:mod:`pixfleet.blobs` knows which store it talks to.
+
+Errors: :class:`~pixfleet.errors.BlobKeyError` (a key outside the store),
+:class:`~pixfleet.errors.BlobNotFound`, :class:`~pixfleet.errors.BlobIntegrityError` (a verified
+read that does not match), :class:`~pixfleet.errors.BlobUnavailable` (I/O; retryable).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from pixfleet.envelope import BlobRef
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    """What a put stored: its key, digest and size."""
+
+    key: str
+    sha256: str
+    size: int
+
+
+class BlobStore(Protocol):
+    """An async blob store. Writes are atomic: a reader never sees half a blob."""
+
+    @property
+    def url(self) -> str:
+        """The store's URL (configuration, safe to log)."""
+        ...
+
+    async def put(self, key: str, data: bytes) -> StoredBlob:
+        """Write ``data`` under ``key``, replacing what was there (idempotent by key)."""
+        ...
+
+    async def put_stream(self, chunks: AsyncIterable[bytes]) -> StoredBlob:
+        """Stream bytes in, hashing as they come, and store them content-addressed under
+        :func:`~pixfleet.blobs.keys.upload_key` of their sha256 (the same bytes once).
+        Memory stays O(chunk). The caller bounds the size by what it yields."""
+        ...
+
+    async def read(self, key: str) -> bytes:
+        """The bytes under ``key`` (not verified: for outputs and records)."""
+        ...
+
+    async def get(self, ref: BlobRef) -> bytes:
+        """The bytes ``ref`` names, verified against its size and sha256."""
+        ...
+
+    async def exists(self, key: str) -> bool: ...
+
+    async def create(self, key: str, data: bytes) -> bool:
+        """Write ``data`` under ``key`` only if nothing is there yet (``O_EXCL`` / conditional
+        put). True if this call created it, False if the key already existed - so exactly one
+        of several racing writers wins, on every machine."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Remove ``key``; a key that is not there is not an error."""
+        ...
+
+    def url_for(self, key: str) -> str:
+        """Where a client can fetch ``key`` (a ``file://`` URL, a presigned HTTPS URL, ...)."""
+        ...
