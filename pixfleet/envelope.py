@@ -12,6 +12,7 @@ pixfleet.schema``) and a test keeps them in sync, so producers in other language
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
@@ -31,7 +32,8 @@ from pixfleet.errors import EnvelopeError, EnvelopeVersionError
 SCHEMA_VERSION: Final = 1
 
 #: Group names become queue names and Kafka group ids: keep them boring.
-GroupName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+GROUP_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+GroupName = Annotated[str, StringConstraints(pattern=GROUP_PATTERN)]
 #: Identifiers (task ids, correlation ids, reply channel names).
 Ident = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")]
 #: One to sixteen ``/``-separated segments, each starting with a letter or digit: a blob key
@@ -148,6 +150,11 @@ class Result(_Frozen):
         if (self.status == "error") != (self.error is not None):
             raise ValueError("status 'error' requires an error object and 'ok' forbids one")
         return self
+
+
+def is_group_name(name: str) -> bool:
+    """Whether ``name`` is a valid group name (it becomes queue names and Kafka group ids)."""
+    return re.fullmatch(GROUP_PATTERN, name) is not None
 
 
 def encode(message: Task | Result) -> bytes:
