@@ -36,7 +36,7 @@ def test_undecodable_bodies_raise_typed_errors(body: bytes, error: type[Exceptio
 
 
 def _task_dict(**changes: object) -> dict[str, object]:
-    data = json.loads(encode(make_task("thumbs")))
+    data: dict[str, object] = json.loads(encode(make_task("thumbs")))
     data.update(changes)
     return data
 

@@ -80,11 +80,12 @@ def test_kill_9_of_a_worker_holding_tasks_loses_nothing(fleet: Fleet, tmp_path: 
 
     rescuer = fleet.worker(*slow)
     results: list[Result] = []
-    wait_until(
-        lambda: bool(results.extend(fleet.drain_results())) or len(results) >= 4,
-        timeout=90,
-        what="four results",
-    )
+
+    def four_results() -> bool:
+        results.extend(fleet.drain_results())
+        return len(results) >= 4
+
+    wait_until(four_results, timeout=90, what="four results")
     assert rescuer.stop() == 0
 
     assert sorted(r.status for r in results) == ["ok"] * 4
@@ -171,7 +172,7 @@ def test_sigterm_lets_the_in_flight_task_finish(fleet: Fleet, sample_dir: Path) 
         "enqueue", str(one), "--param", "delay=1.5", "--param", f"started={started}"
     )
     assert queued.returncode == 0, queued.stderr
-    wait_until(held_tasks(started), timeout=60, what="the task in flight")
+    wait_until(lambda: held_tasks(started)() > 0, timeout=60, what="the task in flight")
 
     assert worker.stop() == 0  # SIGTERM: drain, then exit cleanly
 
