@@ -11,25 +11,27 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import re
 import sys
+from collections import Counter
 from contextlib import aclosing
 from pathlib import Path
 
 import typer
 from pydantic import JsonValue
 
-from brokers import Transport, open_transport
+from brokers import open_transport
+from brokers.contract import GroupStats, Inspector
 from brokers.names import DEFAULT_GROUP, DEFAULT_RESULTS
-from pixfleet.blobs import FileBlobStore, open_blobstore
-from pixfleet.envelope import Result, Task
+from pixfleet.blobs import open_blobstore
+from pixfleet.envelope import Task
 from pixfleet.errors import ConfigError, PixfleetError
+from pixfleet.images import MAX_BYTES, MAX_PIXELS, Limits
 from pixfleet.runtime import EXIT_FAILURE, configure_logging, fail, run_async
 from pixfleet.settings import ENV_BLOBS, ENV_BROKER, default_blobs_url, default_broker_url
 from producer import inspect
-from producer.render import result_line, stats_header, stats_line
+from producer.render import Locate, result_line, stats_header, stats_line
 from producer.samples import write_samples
-from producer.uploads import EnqueueOptions, collect_results, enqueue
+from producer.submission import Submission, SubmitOptions
 
 app = typer.Typer(
     add_completion=False,
@@ -41,8 +43,6 @@ BrokerOpt = typer.Option(None, "--broker", envvar=ENV_BROKER, help="Broker URL."
 BlobsOpt = typer.Option(None, "--blobs", envvar=ENV_BLOBS, help="Blob store URL.")
 JsonOpt = typer.Option(False, "--json", help="One JSON object per line.")
 DebugOpt = typer.Option(False, "--debug", help="Print tracebacks.")
-
-_GROUP = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
 
 @app.callback()
@@ -63,6 +63,15 @@ def _parse_params(pairs: list[str]) -> dict[str, JsonValue]:
     return params
 
 
+def _submit_options(
+    groups: list[str], params: list[str], ttl: float | None, wait: bool
+) -> SubmitOptions:
+    try:
+        return SubmitOptions(tuple(groups), _parse_params(params), ttl=ttl, wait=wait)
+    except ConfigError as exc:
+        fail(exc.one_line())
+
+
 @app.command("enqueue")
 def enqueue_cmd(
     paths: list[Path] = typer.Argument(..., help="Image files or directories (recursive)."),
@@ -73,8 +82,8 @@ def enqueue_cmd(
     timeout: float = typer.Option(300.0, min=0.1, help="Seconds --wait waits for results."),
     param: list[str] = typer.Option([], "--param", "-p", help="Pipeline param KEY=JSON."),
     ttl: float = typer.Option(None, min=0.1, help="Seconds after which workers skip the task."),
-    max_bytes: int = typer.Option(inspect.DEFAULT_MAX_BYTES, min=1, help="Largest file."),
-    max_pixels: int = typer.Option(inspect.DEFAULT_MAX_PIXELS, min=1, help="Largest image."),
+    max_bytes: int = typer.Option(MAX_BYTES, min=1, help="Largest file."),
+    max_pixels: int = typer.Option(MAX_PIXELS, min=1, help="Largest image."),
     as_json: bool = JsonOpt,
     broker: str = BrokerOpt,
     blobs: str = BlobsOpt,
@@ -83,39 +92,27 @@ def enqueue_cmd(
     """Check, store and publish one task per image. Exit 1 if any file was rejected, any
     result is an error, or --wait timed out."""
     configure_logging("debug" if debug else "error")
-    bad_groups = [g for g in group if not _GROUP.fullmatch(g)]
-    if bad_groups:
-        fail(ConfigError(f"invalid group name(s) {bad_groups}").one_line())
-    candidates, rejected = _check_all(paths, max_bytes=max_bytes, max_pixels=max_pixels)
+    options = _submit_options(group, param, ttl, wait)
+    limits = Limits(max_pixels=max_pixels, max_bytes=max_bytes)
+    candidates, rejected = _vet_all(paths, limits)
     if not candidates:
         fail(f"error[input.none]: nothing to enqueue ({rejected} file(s) rejected)")
-    options = EnqueueOptions(
-        groups=tuple(dict.fromkeys(group)), params=_parse_params(param), ttl=ttl
-    )
+    urls = (broker or default_broker_url(), blobs or default_blobs_url())
     failures = run_async(
-        _enqueue_all(
-            broker or default_broker_url(),
-            blobs or default_blobs_url(),
-            candidates,
-            options,
-            wait=wait,
-            timeout=timeout,
-            as_json=as_json,
-        ),
-        debug=debug,
+        _enqueue_all(*urls, candidates, options, timeout=timeout, as_json=as_json), debug=debug
     )
     if rejected or failures:
         raise typer.Exit(EXIT_FAILURE)
 
 
-def _check_all(
-    paths: list[Path], *, max_bytes: int, max_pixels: int
-) -> tuple[list[inspect.Candidate], int]:
+def _vet_all(paths: list[Path], limits: Limits) -> tuple[list[inspect.Candidate], int]:
+    """Read and vet every file; each rejection is one ``error[...]`` line on stderr."""
     candidates: list[inspect.Candidate] = []
     rejected = 0
     for path in inspect.expand(paths):
         try:
-            candidates.append(inspect.check(path, max_bytes=max_bytes, max_pixels=max_pixels))
+            data = inspect.read_file(path, limits.max_bytes)
+            candidates.append(inspect.vet(data, str(path), limits=limits))
         except PixfleetError as exc:
             rejected += 1
             sys.stderr.write(exc.one_line() + "\n")
@@ -126,69 +123,62 @@ async def _enqueue_all(
     broker_url: str,
     blobs_url: str,
     candidates: list[inspect.Candidate],
-    options: EnqueueOptions,
+    options: SubmitOptions,
     *,
-    wait: bool,
     timeout: float,
     as_json: bool,
 ) -> int:
-    """Publish every candidate; with ``wait``, print results. Returns the number of failures."""
+    """Submit every candidate; with ``--wait``, print results. Returns the number of failures."""
     store = open_blobstore(blobs_url)
-    async with open_transport(broker_url) as transport:
-        channel = await transport.open_reply_channel() if wait else DEFAULT_RESULTS
-        options = dataclasses.replace(options, reply_to=channel)
-        try:
-            tasks = await _publish(transport, store, candidates, options)
-            if not wait:
-                for task in tasks:
-                    typer.echo(
-                        json.dumps({"task_id": task.id, "file": task.filename})
-                        if as_json
-                        else f"queued {task.id}  {task.filename}"
-                    )
-                return 0
-            return await _wait(transport, channel, tasks, timeout=timeout, as_json=as_json)
-        finally:
-            if wait:
-                await transport.close_reply_channel(channel)
+    async with (
+        open_transport(broker_url) as transport,
+        Submission(queue=transport, replies=transport, store=store, options=options) as sub,
+    ):
+        tasks = await _publish(sub, candidates)
+        if not options.wait:
+            _print_queued(tasks, as_json=as_json)
+            return 0
+        return await _wait(sub, store.url_for, timeout=timeout, as_json=as_json)
 
 
-async def _publish(
-    transport: Transport,
-    store: FileBlobStore,
-    candidates: list[inspect.Candidate],
-    options: EnqueueOptions,
-) -> list[Task]:
+async def _publish(sub: Submission, candidates: list[inspect.Candidate]) -> list[Task]:
     tasks: list[Task] = []
     show = len(candidates) >= 10 and sys.stderr.isatty()
     with typer.progressbar(
         candidates, label="enqueue", file=sys.stderr if show else io.StringIO(), show_pos=True
     ) as bar:
         for candidate in bar:
-            tasks.append(await enqueue(transport, store, candidate, options))
+            tasks.append(await sub.submit(candidate))
     return tasks
 
 
-async def _wait(
-    transport: Transport, channel: str, tasks: list[Task], *, timeout: float, as_json: bool
-) -> int:
-    names = {t.id: t.filename for t in tasks}
-    failures = 0
-
-    def show(result: Result) -> None:
-        nonlocal failures
-        failures += result.status == "error"
-        line = result.model_dump_json() if as_json else result_line(result, names[result.task_id])
-        typer.echo(line)
-
-    results = await collect_results(transport, channel, tasks, timeout=timeout, on_result=show)
-    if not as_json:
-        ok = sum(r.status == "ok" for r in results)
+def _print_queued(tasks: list[Task], *, as_json: bool) -> None:
+    for task in tasks:
         typer.echo(
-            f"{ok} ok, {failures} failed, {len(results)} result(s) for {len(tasks)} task(s)",
+            json.dumps({"task_id": task.id, "file": task.filename})
+            if as_json
+            else f"queued {task.id}  {task.filename}"
+        )
+
+
+async def _wait(sub: Submission, locate: Locate, *, timeout: float, as_json: bool) -> int:
+    """Print each result as it arrives, then a summary; returns the number of error results."""
+    names = {t.id: t.filename for t in sub.tasks}
+    counts: Counter[str] = Counter()
+    async with aclosing(sub.results(timeout=timeout)) as results:
+        async for result in results:
+            counts[result.status] += 1
+            name = names[result.task_id]
+            typer.echo(
+                result.model_dump_json() if as_json else result_line(result, name, locate=locate)
+            )
+    if not as_json:
+        typer.echo(
+            f"{counts['ok']} ok, {counts['error']} failed, {counts.total()} result(s) "
+            f"for {len(names)} task(s)",
             err=True,
         )
-    return failures
+    return counts["error"]
 
 
 @app.command()
@@ -197,20 +187,27 @@ def results(
     channel: str = typer.Option(DEFAULT_RESULTS, help="Reply channel to read."),
     as_json: bool = JsonOpt,
     broker: str = BrokerOpt,
+    blobs: str = BlobsOpt,
     debug: bool = DebugOpt,
 ) -> None:
     """Read (and remove) results from the default results channel."""
     configure_logging("debug" if debug else "error")
-    run_async(_read_results(broker or default_broker_url(), channel, follow, as_json), debug=debug)
+    urls = (broker or default_broker_url(), blobs or default_blobs_url())
+    run_async(_read_results(*urls, channel, follow=follow, as_json=as_json), debug=debug)
 
 
-async def _read_results(url: str, channel: str, follow: bool, as_json: bool) -> None:
-    async with open_transport(url) as transport:
+async def _read_results(
+    broker_url: str, blobs_url: str, channel: str, *, follow: bool, as_json: bool
+) -> None:
+    locate = open_blobstore(blobs_url).url_for
+    async with open_transport(broker_url) as transport:
         stream = transport.replies(channel, until_empty=not follow)
         async with aclosing(stream) as deliveries:
             async for delivery in deliveries:
                 result = delivery.message
-                typer.echo(result.model_dump_json() if as_json else result_line(result))
+                typer.echo(
+                    result.model_dump_json() if as_json else result_line(result, locate=locate)
+                )
                 await delivery.ack()
 
 
@@ -227,7 +224,7 @@ def status(
 
 async def _status(url: str, as_json: bool) -> None:
     async with open_transport(url) as transport:
-        all_stats = [await transport.stats(g) for g in await transport.groups()]
+        all_stats = await _all_stats(transport)
     if as_json:
         for s in all_stats:
             typer.echo(json.dumps(dataclasses.asdict(s)))
@@ -235,6 +232,10 @@ async def _status(url: str, as_json: bool) -> None:
     typer.echo(stats_header())
     for s in all_stats:
         typer.echo(stats_line(s))
+
+
+async def _all_stats(inspector: Inspector) -> list[GroupStats]:
+    return [await inspector.stats(g) for g in await inspector.groups()]
 
 
 @app.command()

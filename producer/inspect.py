@@ -1,9 +1,12 @@
-"""Checking upload candidates before anything is stored or published.
+"""Vetting upload candidates before anything is stored or published.
 
 What can be known at enqueue is refused here, one typed error per file: missing, unreadable,
 empty, too many bytes, not an image (magic bytes), too many pixels (header only - no decode).
 Corruption deeper in the data can only be found by decoding; the worker reports that as an error
 result.
+
+:func:`vet` works on bytes and a file name, so the CLI (after :func:`read_file`) and an HTTP
+ingress (on an uploaded body) refuse the same things with the same messages.
 """
 
 from __future__ import annotations
@@ -24,10 +27,7 @@ from pixfleet.errors import (
     InputTooLarge,
     InputUnreadable,
 )
-from pixfleet.images import MAX_BYTES, MAX_PIXELS, ImageTooLarge
-
-DEFAULT_MAX_BYTES = MAX_BYTES
-DEFAULT_MAX_PIXELS = MAX_PIXELS
+from pixfleet.images import MAX_BYTES, ImageTooLarge, Limits
 
 _MAGIC: tuple[tuple[bytes, int, str], ...] = (
     (b"\xff\xd8\xff", 0, "image/jpeg"),
@@ -43,7 +43,11 @@ _MAGIC: tuple[tuple[bytes, int, str], ...] = (
 
 @dataclass(frozen=True)
 class Candidate:
-    path: Path
+    """An image that passed :func:`vet`: ready to be stored and submitted.
+
+    ``filename`` is a base name (what the task carries), never a client's directories."""
+
+    filename: str
     data: bytes
     content_type: str
     width: int
@@ -73,24 +77,39 @@ def expand(paths: Iterable[Path]) -> Iterator[Path]:
             yield path
 
 
-def check(
-    path: Path, *, max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> Candidate:
-    """Read and vet one file. Raises an :class:`InputError` (or ``ImageTooLarge``)."""
-    data = _read(path, max_bytes)
+def vet(data: bytes, filename: str, *, limits: Limits | None = None) -> Candidate:
+    """Vet one upload: not empty, within ``limits.max_bytes``, an image by its signature, and
+    within ``limits.max_pixels`` by its header (nothing is decoded).
+
+    ``filename`` may be a path: error messages name it as given, the candidate keeps its last
+    component. Raises an :class:`~pixfleet.errors.InputError` or
+    :class:`~pixfleet.images.ImageTooLarge`; each message starts with ``filename``.
+    """
+    limits = limits or Limits()
+    if not data:
+        raise InputEmpty(f"{filename}: file is empty (0 bytes)")
+    if len(data) > limits.max_bytes:
+        raise InputTooLarge(
+            f"{filename}: {len(data)} bytes exceeds the limit of {limits.max_bytes}"
+        )
     content_type = sniff(data[:16])
     if content_type is None:
-        raise InputNotImage(f"{path}: not an image (no JPEG/PNG/GIF/WebP/TIFF/BMP signature)")
-    width, height = _dimensions(path, data)
-    if width * height > max_pixels:
+        raise InputNotImage(f"{filename}: not an image (no JPEG/PNG/GIF/WebP/TIFF/BMP signature)")
+    width, height = _dimensions(filename, data)
+    if width * height > limits.max_pixels:
         raise ImageTooLarge(
-            f"{path}: {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}"
-            " (decompression bomb?)"
+            f"{filename}: {width}x{height} = {width * height} pixels exceeds the limit of "
+            f"{limits.max_pixels} (decompression bomb?)"
         )
-    return Candidate(path, data, content_type, width, height)
+    return Candidate(_base_name(filename), data, content_type, width, height)
 
 
-def _read(path: Path, max_bytes: int) -> bytes:
+def read_file(path: Path, max_bytes: int = MAX_BYTES) -> bytes:
+    """The bytes of a regular, non-empty file of at most ``max_bytes`` (checked before reading).
+
+    Raises :class:`~pixfleet.errors.InputMissing`, :class:`~pixfleet.errors.InputUnreadable`,
+    :class:`~pixfleet.errors.InputEmpty` or :class:`~pixfleet.errors.InputTooLarge`.
+    """
     try:
         size = path.stat().st_size
         if not path.is_file():
@@ -108,7 +127,11 @@ def _read(path: Path, max_bytes: int) -> bytes:
         raise InputUnreadable(f"{path}: {exc.strerror or exc}") from exc
 
 
-def _dimensions(path: Path, data: bytes) -> tuple[int, int]:
+def _base_name(filename: str) -> str:
+    return filename.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+
+
+def _dimensions(filename: str, data: bytes) -> tuple[int, int]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -116,6 +139,6 @@ def _dimensions(path: Path, data: bytes) -> tuple[int, int]:
                 width, height = im.size
                 return int(width), int(height)
     except Image.DecompressionBombError as exc:
-        raise ImageTooLarge(f"{path}: decompression bomb refused ({exc})") from exc
+        raise ImageTooLarge(f"{filename}: decompression bomb refused ({exc})") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise InputNotImage(f"{path}: image header is unreadable ({exc})") from exc
+        raise InputNotImage(f"{filename}: image header is unreadable ({exc})") from exc

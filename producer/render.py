@@ -1,30 +1,36 @@
-"""How results and stats look on a terminal (one line each)."""
+"""How results and stats look on a terminal (one line each).
+
+Results carry output *keys*; where those are for a user is the blob store's business, so the
+caller passes ``locate`` (``store.url_for``) and rendering never knows which store it is.
+"""
 
 from __future__ import annotations
 
-from pathlib import PurePosixPath
-from urllib.parse import unquote, urlsplit
+from collections.abc import Callable
 
 from brokers.contract import GroupStats
 from pixfleet.envelope import Result
+
+#: Turns a store-relative key into something a user can open (a URL); see ``BlobStore.url_for``.
+Locate = Callable[[str], str]
 
 
 def _size(n: int) -> str:
     return f"{n / 1024:.1f}kB" if n >= 1024 else f"{n}B"
 
 
-def result_line(result: Result, filename: str = "") -> str:
-    """``ok    thumbs  photo.jpg  256.jpg 256x192 7.1kB, ...  in /dir/  (123 ms)``."""
+def result_line(result: Result, filename: str = "", *, locate: Locate | None = None) -> str:
+    """``ok    thumbs  photo.jpg  256.jpg 256x192 7.1kB, ...  in file:///dir/  (123 ms)``.
+
+    The location is the first output's folder, through ``locate`` (else the bare key)."""
     label = filename or result.task_id
     if result.status == "error" and result.error is not None:
         return (
             f"error {result.group:<8} {label}  error[{result.error.code}]: {result.error.message}"
         )
     outputs = ", ".join(f"{o.name} {o.width}x{o.height} {_size(o.bytes)}" for o in result.outputs)
-    where = ""
-    if result.outputs:
-        first = PurePosixPath(unquote(urlsplit(result.outputs[0].uri).path))
-        where = f"  in {first.parent}/"
+    folder = result.outputs[0].uri.rpartition("/")[0] if result.outputs else ""
+    where = f"  in {locate(folder) if locate else folder}/" if folder else ""
     total = result.timings_ms.get("total")
     took = f"  ({total:.0f} ms)" if total is not None else ""
     return f"ok    {result.group:<8} {label}  {outputs}{where}{took}"

@@ -1,0 +1,187 @@
+"""A submission: store images, publish one task each, and (optionally) wait for their results.
+
+:class:`Submission` is the upload side's one session type, used by ``uploader enqueue`` and
+meant for an HTTP ingress or a Python client as well. It is typed against the roles it needs -
+a :class:`~brokers.contract.TaskQueue` to publish, :class:`~brokers.contract.ReplyChannels` to
+wait, a :class:`~pixfleet.blobs.BlobStore` for the bytes - never a concrete transport or store::
+
+    async with Submission(queue=t, replies=t, store=s, options=SubmitOptions(wait=True)) as sub:
+        for candidate in candidates:
+            await sub.submit(candidate)
+        async with aclosing(sub.results(timeout=60)) as results:
+            async for result in results:
+                ...
+
+Guarantees: :meth:`Submission.submit` returns once the bytes are stored (content-addressed, so
+the same image is stored once) and the task is durably published. A waiting submission reads a
+private reply channel, opened on entry and deleted on exit (with whatever is still in it; results
+that arrive after that go to the default ``results`` channel). Each (task, group) result is
+reported once; duplicates from redeliveries are acknowledged and dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Self
+
+from pydantic import JsonValue
+
+from brokers.contract import Delivery, ReplyChannels, Subscription, TaskQueue
+from brokers.names import DEFAULT_GROUP, DEFAULT_RESULTS
+from pixfleet.blobs import BlobStore, store_upload
+from pixfleet.envelope import Result, Task, is_group_name
+from pixfleet.errors import ConfigError, ResultTimeout
+from producer.inspect import Candidate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SubmitOptions:
+    """What every task of a submission shares. Raises :class:`ConfigError` when invalid.
+
+    ``groups`` are deduplicated in order; ``ttl`` is seconds from submit until workers skip the
+    task (``task.expired``); ``wait`` opens a private reply channel for :meth:`Submission.results`
+    (it needs named groups, to know which results to expect).
+    """
+
+    groups: tuple[str, ...] = (DEFAULT_GROUP,)
+    params: dict[str, JsonValue] = field(default_factory=dict)
+    ttl: float | None = None
+    wait: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "groups", tuple(dict.fromkeys(self.groups)))
+        bad = [g for g in self.groups if not is_group_name(g)]
+        if bad:
+            raise ConfigError(f"invalid group name(s) {bad}")
+        if self.wait and not self.groups:
+            raise ConfigError("waiting for results needs at least one named group")
+        if self.ttl is not None and self.ttl <= 0:
+            raise ConfigError(f"ttl must be positive, got {self.ttl:g}")
+
+
+class Submission:
+    """Submit candidates as tasks and wait for their results (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        queue: TaskQueue,
+        replies: ReplyChannels,
+        store: BlobStore,
+        options: SubmitOptions | None = None,
+    ) -> None:
+        self._queue = queue
+        self._replies = replies
+        self._store = store
+        self.options = options or SubmitOptions()
+        self._channel: str | None = None
+        self._tasks: list[Task] = []
+        self._reported: set[tuple[str, str]] = set()  # (task id, group) already yielded
+
+    async def __aenter__(self) -> Self:
+        if self.options.wait:
+            self._channel = await self._replies.open_reply_channel()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            await self._replies.close_reply_channel(channel)
+
+    @property
+    def reply_to(self) -> str:
+        """The channel results go to: private while waiting, else the default ``results``."""
+        if not self.options.wait:
+            return DEFAULT_RESULTS
+        if self._channel is None:
+            raise RuntimeError("a waiting Submission is used inside `async with` only")
+        return self._channel
+
+    @property
+    def tasks(self) -> tuple[Task, ...]:
+        """Every task submitted so far, in order."""
+        return tuple(self._tasks)
+
+    async def submit(self, candidate: Candidate) -> Task:
+        """Store the bytes (content-addressed, idempotent), then publish one task (durable).
+
+        Raises the store's :class:`~pixfleet.errors.BlobError` or the queue's
+        :class:`~pixfleet.errors.BrokerError`; nothing is published if storing failed."""
+        reply_to = self.reply_to
+        ref = await store_upload(self._store, candidate.data, candidate.content_type)
+        ttl = self.options.ttl
+        task = Task.new(
+            ref,
+            groups=self.options.groups,
+            filename=candidate.filename,
+            params=self.options.params,
+            reply_to=reply_to,
+            deadline=datetime.now(UTC) + timedelta(seconds=ttl) if ttl is not None else None,
+        )
+        await self._queue.publish(task)
+        self._tasks.append(task)
+        log.debug("submitted %s as task %s", candidate.filename, task.id)
+        return task
+
+    async def results(self, *, timeout: float) -> AsyncGenerator[Result, None]:
+        """Yield the results not reported yet, one per (task, group) of the tasks submitted so
+        far, as they arrive; a pair reported by an earlier call is not waited for again.
+
+        Ends once every pair has answered; raises :class:`~pixfleet.errors.ResultTimeout` when
+        ``timeout`` seconds (in all, the caller's time between results included) pass first.
+        Hold it with ``contextlib.aclosing`` so the subscription is released on early exit.
+        Only a waiting submission has results to read (else: :class:`RuntimeError`)."""
+        if not self.options.wait:
+            raise RuntimeError("results() needs a Submission with SubmitOptions(wait=True)")
+        pending = {(t.id, g) for t in self._tasks for g in t.groups} - self._reported
+        total = len(pending)
+        deadline = asyncio.get_running_loop().time() + timeout
+        async with aclosing(self._replies.replies(self.reply_to)) as deliveries:
+            while pending:
+                delivery = await _next_before(deliveries, deadline)
+                if delivery is None:
+                    raise ResultTimeout(
+                        f"{len(pending)} of {total} result(s) did not arrive within {timeout:g} s"
+                        " (late results go to the default results channel: `uploader results`)"
+                    )
+                await delivery.ack()  # duplicates and strays too: each pair is reported once
+                result = delivery.message
+                key = (result.task_id, result.group)
+                if key in pending:
+                    pending.discard(key)
+                    self._reported.add(key)
+                    yield result
+
+    async def collect(
+        self, *, timeout: float, on_result: Callable[[Result], None] | None = None
+    ) -> list[Result]:
+        """Every result of :meth:`results` in arrival order, each passed to ``on_result`` as it
+        comes. Raises :class:`~pixfleet.errors.ResultTimeout` like :meth:`results`."""
+        collected: list[Result] = []
+        async with aclosing(self.results(timeout=timeout)) as results:
+            async for result in results:
+                collected.append(result)
+                if on_result is not None:
+                    on_result(result)
+        return collected
+
+
+async def _next_before(
+    deliveries: Subscription[Delivery[Result]], deadline: float
+) -> Delivery[Result] | None:
+    """The next delivery, or None at ``deadline`` (or if the channel ended).
+
+    The timeout covers only this wait, never the caller's code between results, and
+    ``__anext__`` is cancellation-safe, so giving up loses nothing."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            return await anext(deliveries)
+    except (TimeoutError, StopAsyncIteration):
+        return None
