@@ -26,6 +26,9 @@ AMQP_GROUP_REGISTRY = "pixfleet.groups"
 AMQP_HEADER_ALL = "pixfleet-all"
 AMQP_HEADER_REASON = "x-pixfleet-reason"
 AMQP_HEADER_DELIVERIES = "x-pixfleet-deliveries"  # deliveries before a delayed retry copy
+#: AMQP ``type`` property of task and result messages (versioned with the envelope schema).
+AMQP_TYPE_TASK = "pixfleet.task.v1"
+AMQP_TYPE_RESULT = "pixfleet.result.v1"
 
 
 def amqp_group_header(group: str) -> str:

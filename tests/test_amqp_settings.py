@@ -52,3 +52,15 @@ def test_transport_url_never_shows_the_password() -> None:
 def test_bad_urls_are_refused(url: str) -> None:
     with pytest.raises(InvalidURL):
         AmqpSettings.from_url(url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["amqp://u:secret@localhost/?op_timeout=soon", "amqp://u:secret@localhost/?reply_ttl=0"],
+)
+def test_bad_option_errors_are_one_line_without_the_password(url: str) -> None:
+    with pytest.raises(InvalidURL) as caught:
+        AmqpSettings.from_url(url)
+    message = str(caught.value)
+    assert "secret" not in message
+    assert "\n" not in message

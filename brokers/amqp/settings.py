@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, quote, urlencode, urlsplit, urlunsplit
 
+from brokers.urls import UrlOptions
 from pixfleet.errors import InvalidURL
 from pixfleet.settings import redact
 
@@ -60,34 +61,29 @@ class AmqpSettings:
 
     @classmethod
     def from_url(cls, url: str) -> AmqpSettings:
+        """Settings of ``url``; raises :class:`InvalidURL` for another scheme, a missing host,
+        an unknown option or a bad value."""
         parts = urlsplit(url)
         if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
             raise InvalidURL(f"expected amqp://host[:port][/vhost], got {redact(url)!r}")
-        options = dict(parse_qsl(parts.query, keep_blank_values=True))
-        unknown = sorted(set(options) - _OURS - _AIORMQ)
-        if unknown:
-            raise InvalidURL(
-                f"unknown amqp URL option(s) {unknown}; known: {sorted(_OURS | _AIORMQ)}"
-            )
-        ours = {k: options.pop(k) for k in list(options) if k in _OURS}
-        options.setdefault("heartbeat", "30")
-        netloc = parts.netloc
-        if parts.username is None and os.environ.get(ENV_USER):
-            user = quote(os.environ[ENV_USER], safe="")
-            password = quote(os.environ.get(ENV_PASSWORD, ""), safe="")
-            netloc = f"{user}:{password}@{netloc}"
-        clean = urlunsplit((parts.scheme, netloc, parts.path, urlencode(options), ""))
-        try:
-            settings = cls(
-                url=clean,
-                delivery_limit=int(ours.get("delivery_limit", cls.delivery_limit)),
-                connect_timeout=float(ours.get("connect_timeout", cls.connect_timeout)),
-                reconnect_timeout=float(ours.get("reconnect_timeout", cls.reconnect_timeout)),
-                op_timeout=float(ours.get("op_timeout", cls.op_timeout)),
-                reply_ttl=float(ours.get("reply_ttl", cls.reply_ttl)),
-            )
-        except ValueError as exc:
-            raise InvalidURL(f"bad amqp URL option in {redact(url)!r}: {exc}") from exc
-        if settings.delivery_limit < 1 or min(settings.op_timeout, settings.reply_ttl) <= 0:
-            raise InvalidURL("amqp options: delivery_limit >= 1, op_timeout and reply_ttl > 0")
-        return settings
+        opts = UrlOptions.parse(url, known=_OURS | _AIORMQ, scheme="amqp")
+        passed = {k: v for k, v in opts.values.items() if k in _AIORMQ}
+        passed.setdefault("heartbeat", "30")
+        netloc = _netloc_with_credentials(parts)
+        return cls(
+            url=urlunsplit((parts.scheme, netloc, parts.path, urlencode(passed), "")),
+            delivery_limit=opts.integer("delivery_limit", cls.delivery_limit, minimum=1),
+            connect_timeout=opts.number("connect_timeout", cls.connect_timeout),
+            reconnect_timeout=opts.number("reconnect_timeout", cls.reconnect_timeout),
+            op_timeout=opts.number("op_timeout", cls.op_timeout, minimum=0.0),
+            reply_ttl=opts.number("reply_ttl", cls.reply_ttl, minimum=0.0),
+        )
+
+
+def _netloc_with_credentials(parts: SplitResult) -> str:
+    """The URL's host part, with the credentials from the environment if it has none."""
+    if parts.username is not None or not os.environ.get(ENV_USER):
+        return parts.netloc
+    user = quote(os.environ[ENV_USER], safe="")
+    password = quote(os.environ.get(ENV_PASSWORD, ""), safe="")
+    return f"{user}:{password}@{parts.netloc}"

@@ -1,115 +1,70 @@
-"""Consuming from RabbitMQ: the subscription iterator and its deliveries.
+"""Consuming from RabbitMQ: the subscription iterator.
 
 The subscription owns one channel with ``basic.qos(prefetch)`` and one consumer on its queue.
 When the channel or connection dies it reconnects with backoff and consumes again - it never
 relies on aio-pika's robust connection to restore consumers. Messages from a dead channel are
 dropped locally: RabbitMQ has already put them back in the queue (at-least-once).
+
+It needs only :class:`_Channels` from its transport, never the transport class itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, Protocol, Self
 
-import aiormq
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from brokers import names
-from brokers.policy import apply_delivery_limit
-from pixfleet.envelope import Result, Task
+from brokers.amqp.delivery import AmqpDelivery, M, Republisher, attempt_of
+from brokers.amqp.failures import CONNECTION_ERRORS, RETRYABLE, describe
+from brokers.amqp.settings import AmqpSettings
+from brokers.policy import RECONNECT
 from pixfleet.errors import BrokerError, EnvelopeError
 
-if TYPE_CHECKING:
-    from brokers.amqp.transport import AmqpTransport
-
 log = logging.getLogger(__name__)
-
-M = TypeVar("M", Task, Result)
-
-#: What a lost connection or channel looks like from aio-pika / aiormq.
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    aiormq.exceptions.AMQPConnectionError,
-    aiormq.exceptions.ConnectionClosed,
-    aiormq.exceptions.ChannelInvalidStateError,
-    aiormq.exceptions.ChannelClosed,
-    ConnectionError,
-    OSError,
-)
-
-#: Worth retrying after a reconnect.
-RETRYABLE: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, TimeoutError)
 
 _BROKEN = object()  # inbox sentinel: the channel died
 
 
-def attempt_of(message: AbstractIncomingMessage) -> int:
-    """Deliveries so far, 1 on the first: quorum ``x-delivery-count`` plus deliveries before a
-    delayed-retry copy was made (our ``x-pixfleet-deliveries`` header)."""
-    headers = message.headers or {}
-    before = int(str(headers.get("x-pixfleet-deliveries", 0)))
-    count = headers.get("x-delivery-count")
-    returned = int(str(count)) if count is not None else int(bool(message.redelivered))
-    return before + returned + 1
+class _Channels(Republisher, Protocol):
+    """What a subscription needs from its transport."""
 
+    @property
+    def settings(self) -> AmqpSettings: ...
 
-@dataclass(eq=False)
-class AmqpDelivery(Generic[M]):
-    message: M
-    attempt: int
-    _sub: AmqpSubscription[M] = field(repr=False)
-    _raw: AbstractIncomingMessage = field(repr=False)
-    _settled: bool = field(default=False, repr=False)
+    async def open_channel(self) -> AbstractChannel: ...
 
-    async def ack(self) -> None:
-        if self._settled:
-            return
-        self._settled = True
-        await self._sub.settle(self._raw.ack())
+    async def prepare_queue(self, queue: str, group: str | None) -> None: ...
 
-    async def nack(self, *, requeue: bool, delay: float = 0.0, reason: str = "") -> None:
-        if self._settled:
-            return
-        self._settled = True
-        sub, raw = self._sub, self._raw
-        requeue, reason = apply_delivery_limit(
-            requeue, self.attempt, sub.transport.settings.delivery_limit, reason
-        )
-        if sub.group is None:  # reply channels have no dead-letter queue
-            await sub.settle(raw.nack(requeue=requeue))
-            return
-        headers = dict(raw.headers or {})
-        if not requeue:
-            await sub.transport.dead_letter(sub.group, raw.body, headers, reason or "rejected")
-            await sub.settle(raw.ack())
-        elif delay > 0:
-            await sub.transport.delay(sub.group, raw.body, headers, delay, self.attempt)
-            await sub.settle(raw.ack())
-        else:
-            await sub.settle(raw.nack(requeue=True))
+    async def queue_counts(self, queue: str) -> tuple[int, int]: ...
 
 
 class AmqpSubscription(Generic[M]):
-    """Async iterator of validated deliveries from one queue."""
+    """:class:`brokers.contract.Subscription`: an async iterator of validated deliveries from
+    one queue. ``on_release`` is called once its channel is given up for good, after
+    :meth:`aclose` (once every yielded delivery is settled) or :meth:`force_close`."""
 
     def __init__(
         self,
-        transport: AmqpTransport,
+        channels: _Channels,
         *,
         queue: str,
         group: str | None,
         decode: Callable[[bytes], M],
         prefetch: int,
         until_empty: bool,
+        on_release: Callable[[AmqpSubscription[Any]], None],
     ) -> None:
-        self.transport = transport
         self.queue = queue
         self.group = group
+        self._channels = channels
         self._decode: Callable[[bytes], M] = decode
         self._prefetch = max(1, prefetch)
         self._until_empty = until_empty
+        self._on_release = on_release
         self._inbox: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
         self._channel: AbstractChannel | None = None
         self._consumer: tuple[AbstractQueue, str] | None = None
@@ -152,35 +107,39 @@ class AmqpSubscription(Generic[M]):
                     return None
 
     async def _is_empty(self) -> bool:
-        ready, _ = await self.transport.queue_counts(self.queue)
+        ready, _ = await self._channels.queue_counts(self.queue)
         if ready or not self._inbox.empty():
             return False
         if self.group is not None:
-            delayed, _ = await self.transport.queue_counts(names.amqp_retry_queue(self.group))
+            delayed, _ = await self._channels.queue_counts(names.amqp_retry_queue(self.group))
             return delayed == 0
         return True
 
     async def _reopen(self) -> None:
-        delay = 0.2
+        attempt = 0
         while not self._closed:
             try:
                 await self._open()
-                return
             except BrokerError:
                 raise
             except RETRYABLE as exc:
+                attempt += 1
+                wait = RECONNECT.delay(attempt)
                 log.warning(
                     "subscription to %s lost (%s); reconnecting in %.1fs",
                     self.queue,
-                    exc or type(exc).__name__,
-                    delay,
+                    describe(exc),
+                    wait,
                 )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await asyncio.sleep(wait)
+            else:
+                if self._closed:  # closed while the channel was being opened
+                    await self._close_channel()
+                return
 
     async def _open(self) -> None:
-        await self.transport.prepare_queue(self.queue, self.group)
-        channel = await self.transport.open_channel()
+        await self._channels.prepare_queue(self.queue, self.group)
+        channel = await self._channels.open_channel()
         await channel.set_qos(prefetch_count=self._prefetch)
         queue = await channel.declare_queue(self.queue, passive=True)
         self._generation += 1
@@ -206,16 +165,24 @@ class AmqpSubscription(Generic[M]):
         except EnvelopeError as exc:
             log.warning("dead-lettering undecodable message on %s: %s", self.queue, exc)
             if self.group is not None:
-                await self.transport.dead_letter(
+                await self._channels.dead_letter(
                     self.group, raw.body, dict(raw.headers or {}), exc.one_line()
                 )
-                await self.settle(raw.ack(), yielded=False)
+                await self._settle(raw.ack(), yielded=False)
             else:
-                await self.settle(raw.reject(requeue=False), yielded=False)
+                await self._settle(raw.reject(requeue=False), yielded=False)
             return None
-        return AmqpDelivery(message, attempt_of(raw), self, raw)
+        return AmqpDelivery(
+            message,
+            attempt_of(raw),
+            raw,
+            self.group,
+            self._channels.settings.delivery_limit,
+            self._channels,
+            self._settle,
+        )
 
-    async def settle(self, settling: Any, *, yielded: bool = True) -> None:
+    async def _settle(self, settling: Awaitable[object], *, yielded: bool = True) -> None:
         """Await an ack/nack; on a dead channel the broker has already requeued the message."""
         try:
             await settling
@@ -223,7 +190,7 @@ class AmqpSubscription(Generic[M]):
             log.warning(
                 "settling a delivery on %s failed (%s); RabbitMQ redelivers it",
                 self.queue,
-                exc or type(exc).__name__,
+                describe(exc),
             )
         if yielded:
             self._unsettled -= 1
@@ -237,7 +204,6 @@ class AmqpSubscription(Generic[M]):
         if self._closed:
             return
         self._closed = True
-        self.transport.forget(self)
         if self._consumer is not None and self._channel is not None:
             queue, tag = self._consumer
             try:
@@ -253,9 +219,11 @@ class AmqpSubscription(Generic[M]):
         await self._close_channel()
 
     async def _close_channel(self) -> None:
+        """Give the channel up for good (the subscription is closed)."""
         channel, self._channel = self._channel, None
         if channel is not None and not channel.is_closed:
             try:
                 await channel.close()
             except CONNECTION_ERRORS as exc:
                 log.debug("closing channel of %s: %s", self.queue, exc)
+        self._on_release(self)

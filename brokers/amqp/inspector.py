@@ -1,0 +1,89 @@
+"""Read-only views of RabbitMQ (:class:`brokers.contract.Inspector`), each on a private channel.
+
+AMQP 0-9-1 reports ready messages and consumers of a queue, not unacknowledged ones (only the
+management plugin does), so :attr:`GroupStats.in_flight` is ``None``. Peeking gets messages
+unacked on a private channel and closes it, which puts them back.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import aiormq
+from aio_pika.abc import AbstractChannel
+
+from brokers import names
+from brokers.amqp.settings import AmqpSettings
+from brokers.contract import DeadLetter, GroupStats
+
+
+class _Opener(Protocol):
+    settings: AmqpSettings
+
+    async def open_channel(self) -> AbstractChannel: ...
+
+
+class AmqpInspector:
+    """Queue counts, groups and dead letters; a missing queue reads as empty."""
+
+    def __init__(self, opener: _Opener) -> None:
+        self._opener = opener
+        self._timeout = opener.settings.op_timeout
+
+    async def queue_counts(self, queue: str) -> tuple[int, int]:
+        """(ready messages, consumers) of a queue; (0, 0) if it does not exist."""
+        channel = await self._opener.open_channel()
+        try:
+            declared = await channel.declare_queue(queue, passive=True, timeout=self._timeout)
+            result = declared.declaration_result
+            return int(result.message_count or 0), int(result.consumer_count or 0)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return 0, 0
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+
+    async def stats(self, group: str) -> GroupStats:
+        ready, consumers = await self.queue_counts(names.amqp_group_queue(group))
+        delayed, _ = await self.queue_counts(names.amqp_retry_queue(group))
+        dead, _ = await self.queue_counts(names.amqp_dead_queue(group))
+        return GroupStats(
+            group, ready=ready + delayed, in_flight=None, dead=dead, consumers=consumers
+        )
+
+    async def groups(self) -> tuple[str, ...]:
+        bodies = await self._peek(names.AMQP_GROUP_REGISTRY, limit=10_000)
+        return tuple(sorted({body.decode() for body, _ in bodies}))
+
+    async def dead_letters(self, group: str, *, limit: int = 100) -> list[DeadLetter]:
+        found = await self._peek(names.amqp_dead_queue(group), limit=limit)
+        return [DeadLetter(body=body, reason=_reason(headers)) for body, headers in found]
+
+    async def _peek(self, queue: str, *, limit: int) -> list[tuple[bytes, dict[str, Any]]]:
+        """Read up to ``limit`` messages without removing them: get them unacked on a
+        private channel, then close it so RabbitMQ puts them back."""
+        channel = await self._opener.open_channel()
+        out: list[tuple[bytes, dict[str, Any]]] = []
+        try:
+            declared = await channel.declare_queue(queue, passive=True)
+            while len(out) < limit:
+                message = await declared.get(no_ack=False, fail=False, timeout=self._timeout)
+                if message is None:
+                    break
+                out.append((message.body, dict(message.headers or {})))
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return []
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+        return out
+
+
+def _reason(headers: dict[str, Any]) -> str:
+    reason = headers.get(names.AMQP_HEADER_REASON)
+    if reason:
+        return str(reason.decode() if isinstance(reason, bytes) else reason)
+    first = headers.get("x-first-death-reason")
+    if isinstance(first, bytes):
+        first = first.decode()
+    return f"dead-lettered by RabbitMQ: {first or 'unknown reason'}"

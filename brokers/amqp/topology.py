@@ -1,0 +1,120 @@
+"""Declaring pixfleet's RabbitMQ topology (names in :mod:`brokers.names`, see docs/rabbitmq.md).
+
+* ``pixfleet.tasks`` - headers exchange. A task carries ``pixfleet-group-<g>: 1`` per target
+  group, or ``pixfleet-all: 1`` when untargeted; each group queue is bound with ``x-match: any``
+  on its own header and the ``all`` header, so one publish reaches every target.
+* ``pixfleet.group.<g>`` - durable quorum queue with ``x-delivery-limit`` and at-least-once
+  dead-lettering to ``pixfleet.dead`` (routing key ``<g>``) -> ``pixfleet.dead.<g>``.
+* ``pixfleet.retry.<g>`` - delayed retries: per-message TTL, then dead-lettered back into the
+  group queue (RabbitMQ has no native delay).
+* ``pixfleet.reply.<channel>`` - reply queues; ``results`` is durable, private ones expire.
+* ``pixfleet.groups`` - registry of every group ever declared (one message per group).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aio_pika import DeliveryMode, ExchangeType, Message
+from aio_pika.abc import AbstractChannel, AbstractExchange
+
+from brokers import names
+from brokers.amqp.settings import AmqpSettings
+
+
+class Topology:
+    """Idempotent declarations, cached for the life of one publishing channel (the exchange
+    objects are bound to it): :meth:`forget` when that channel is replaced."""
+
+    def __init__(
+        self, settings: AmqpSettings, registered: Callable[[], Awaitable[tuple[str, ...]]]
+    ) -> None:
+        self._settings = settings
+        self._registered = registered  # the groups already in the registry
+        self._exchanges: dict[str, AbstractExchange] = {}
+        self._declared: set[str] = set()
+
+    def forget(self) -> None:
+        self._exchanges.clear()
+        self._declared.clear()
+
+    async def task_exchange(self, channel: AbstractChannel) -> AbstractExchange:
+        return await self._exchange(channel, names.AMQP_TASK_EXCHANGE, ExchangeType.HEADERS)
+
+    async def dead_exchange(self, channel: AbstractChannel) -> AbstractExchange:
+        return await self._exchange(channel, names.AMQP_DEAD_EXCHANGE, ExchangeType.DIRECT)
+
+    async def declare_group(self, channel: AbstractChannel, group: str) -> None:
+        """Declare a group's queues and bindings, and register the group."""
+        if group in self._declared:
+            return
+        await self._declare_dead_queue(channel, group)
+        await self._declare_group_queue(channel, group)
+        await channel.declare_queue(
+            names.amqp_retry_queue(group),
+            durable=True,
+            arguments={
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": names.amqp_group_queue(group),
+            },
+        )
+        self._declared.add(group)
+        await self._register(channel, group)
+
+    async def declare_results(self, channel: AbstractChannel) -> None:
+        """Declare the durable default results channel."""
+        if names.DEFAULT_RESULTS not in self._declared:
+            await channel.declare_queue(
+                names.amqp_reply_queue(names.DEFAULT_RESULTS),
+                durable=True,
+                arguments={"x-queue-type": "quorum"},
+            )
+            self._declared.add(names.DEFAULT_RESULTS)
+
+    async def _exchange(
+        self, channel: AbstractChannel, name: str, kind: ExchangeType
+    ) -> AbstractExchange:
+        if name not in self._exchanges:
+            self._exchanges[name] = await channel.declare_exchange(name, kind, durable=True)
+        return self._exchanges[name]
+
+    async def _declare_dead_queue(self, channel: AbstractChannel, group: str) -> None:
+        dead = await self.dead_exchange(channel)
+        queue = await channel.declare_queue(
+            names.amqp_dead_queue(group), durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        await queue.bind(dead, routing_key=group)
+
+    async def _declare_group_queue(self, channel: AbstractChannel, group: str) -> None:
+        tasks = await self.task_exchange(channel)
+        queue = await channel.declare_queue(
+            names.amqp_group_queue(group),
+            durable=True,
+            arguments={
+                "x-queue-type": "quorum",
+                "x-delivery-limit": self._settings.delivery_limit,
+                "x-dead-letter-exchange": names.AMQP_DEAD_EXCHANGE,
+                "x-dead-letter-routing-key": group,
+                "x-dead-letter-strategy": "at-least-once",
+                "x-overflow": "reject-publish",
+            },
+        )
+        await queue.bind(
+            tasks,
+            routing_key="",
+            arguments={
+                "x-match": "any",
+                names.amqp_group_header(group): "1",
+                names.AMQP_HEADER_ALL: "1",
+            },
+        )
+
+    async def _register(self, channel: AbstractChannel, group: str) -> None:
+        if group in await self._registered():
+            return
+        await channel.declare_queue(names.AMQP_GROUP_REGISTRY, durable=True)
+        await channel.default_exchange.publish(
+            Message(group.encode(), delivery_mode=DeliveryMode.PERSISTENT),
+            routing_key=names.AMQP_GROUP_REGISTRY,
+            mandatory=True,
+        )
