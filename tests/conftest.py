@@ -35,7 +35,7 @@ def _sqlite(tmp_path: Path) -> BrokerUnderTest:
     # Short lease so crash tests see redelivery in about a second; small poison limit.
     path = tmp_path / "broker.db"
     return BrokerUnderTest(
-        "sqlite", f"sqlite:///{path}?lease=1&max_deliveries=3&poll=0.05", delivery_limit=3
+        "sqlite", f"sqlite:///{path}?lease=1&delivery_limit=3&poll=0.05", delivery_limit=3
     )
 
 

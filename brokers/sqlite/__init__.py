@@ -1,5 +1,6 @@
 """SQLite transport: the embedded default (one WAL-mode database file)."""
 
-from brokers.sqlite.transport import SqliteSettings, SqliteTransport
+from brokers.sqlite.settings import SqliteSettings
+from brokers.sqlite.transport import SqliteTransport
 
 __all__ = ["SqliteSettings", "SqliteTransport"]

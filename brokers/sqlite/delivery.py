@@ -1,0 +1,64 @@
+"""One leased SQLite delivery and the means to settle it.
+
+Settling goes through the subscription that leased the delivery (it owns the lease and counts
+what is still unsettled); the delivery limit is applied when a delivery is claimed again.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
+
+from pixfleet.envelope import Result, Task
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", Task, Result)
+
+
+class Settler(Protocol):
+    """What a delivery needs from its subscription. Both calls count the delivery as settled
+    for the subscription's prefetch, even when they raise."""
+
+    async def ack_delivery(self, delivery_id: int) -> bool:
+        """Delete the delivery; False if its lease was lost (it will be redelivered)."""
+        ...
+
+    async def nack_delivery(
+        self, delivery_id: int, *, requeue: bool, delay: float, reason: str
+    ) -> None:
+        """Make the delivery ready again after ``delay`` or dead with ``reason``."""
+        ...
+
+
+@dataclass(eq=False)
+class SqliteDelivery(Generic[M]):
+    """:class:`brokers.contract.Delivery` of a leased row; settling it twice is a no-op.
+
+    An ack that comes after the lease was lost (no heartbeat for ``lease`` seconds) is logged:
+    the message was or will be delivered again, which idempotent outputs make harmless."""
+
+    message: M
+    attempt: int
+    _settler: Settler = field(repr=False)
+    _delivery_id: int = field(repr=False)
+    _settled: bool = field(default=False, repr=False)
+
+    async def ack(self) -> None:
+        if self._settled:
+            return
+        self._settled = True
+        if not await self._settler.ack_delivery(self._delivery_id):
+            log.warning(
+                "ack of delivery %s came after its lease was lost; it will be redelivered",
+                self._delivery_id,
+            )
+
+    async def nack(self, *, requeue: bool, delay: float = 0.0, reason: str = "") -> None:
+        if self._settled:
+            return
+        self._settled = True
+        await self._settler.nack_delivery(
+            self._delivery_id, requeue=requeue, delay=delay, reason=reason
+        )
