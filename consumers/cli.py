@@ -2,6 +2,7 @@
 
 worker run --group thumbs [--concurrency N] [--prefetch N] [--burst]
            [--broker URL] [--blobs URL] [--pipeline NAME|module:function]
+           [--delivery-limit N] [--retry-backoff S]
 worker pipelines
 """
 
@@ -10,18 +11,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import signal
 
 import typer
 
 from brokers import open_transport
+from consumers.events import NO_EVENTS, EventFanout, WorkerEvents, WorkerStats
 from consumers.pipelines import BUILTIN, resolve
-from consumers.pipelines.base import Limits
 from consumers.pool import PipelinePool
-from consumers.worker import Worker, WorkerSettings, WorkerStats
+from consumers.worker import Worker, WorkerSettings
 from pixfleet.blobs import open_blobstore
+from pixfleet.envelope import is_group_name
 from pixfleet.errors import ConfigError
+from pixfleet.images import Limits
 from pixfleet.runtime import configure_logging, fail, run_async
 from pixfleet.settings import ENV_BLOBS, ENV_BROKER, default_blobs_url, default_broker_url
 
@@ -39,8 +41,8 @@ def _root() -> None:
     """pixfleet worker."""
 
 
-@app.command()
-def run(
+@app.command("run")
+def run_cmd(
     group: str = typer.Option(..., "--group", "-g", help="Consumer group (= pipeline name)."),
     concurrency: int = typer.Option(
         os.cpu_count() or 1, "--concurrency", "-c", min=1, help="Pipeline processes."
@@ -53,8 +55,8 @@ def run(
     timeout: float = typer.Option(60.0, min=0.1, help="Seconds of pipeline time per task."),
     max_pixels: int = typer.Option(Limits.max_pixels, min=1, help="Largest source image."),
     max_bytes: int = typer.Option(Limits.max_bytes, min=1, help="Largest source blob."),
-    max_attempts: int = typer.Option(
-        5, min=1, help="Deliveries before a retryable failure becomes final."
+    delivery_limit: int = typer.Option(
+        5, "--delivery-limit", "--max-attempts", min=1, help="Deliveries before retries stop."
     ),
     retry_backoff: float = typer.Option(1.0, min=0.0, help="First retry delay in seconds."),
     log_level: str = typer.Option("info", help="debug, info, warning, error."),
@@ -63,14 +65,14 @@ def run(
     """Serve GROUP until SIGTERM/SIGINT (which drain in-flight tasks) or, with --burst, until
     its backlog is empty."""
     configure_logging("debug" if debug else log_level)
-    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", group):
+    if not is_group_name(group):
         fail(ConfigError(f"invalid group name {group!r} (use a-z, 0-9, _ and -)").one_line())
     settings = WorkerSettings(
         group=group,
         concurrency=concurrency,
         prefetch=prefetch,
         limits=Limits(max_pixels=max_pixels, max_bytes=max_bytes, timeout=timeout),
-        max_attempts=max_attempts,
+        delivery_limit=delivery_limit,
         retry_backoff=retry_backoff,
         burst=burst,
     )
@@ -89,12 +91,31 @@ def pipelines() -> None:
 
 
 async def _serve(
-    settings: WorkerSettings, broker_url: str, blobs_url: str, pipeline_spec: str | None
+    settings: WorkerSettings,
+    broker_url: str,
+    blobs_url: str,
+    pipeline_spec: str | None,
+    events: WorkerEvents = NO_EVENTS,
 ) -> WorkerStats:
+    """Build the transport and the blob store from their URLs and serve with one worker; the
+    transport plays both of the worker's roles (task queue and reply channels)."""
     pipeline = resolve(settings.group, pipeline_spec)
     blob_store = open_blobstore(blobs_url)
-    async with open_transport(broker_url) as transport, PipelinePool(settings.concurrency) as pool:
-        worker = Worker(transport, blob_store, pipeline, pool, settings)
+    on_recycle = EventFanout(events).pool_recycled
+    async with (
+        open_transport(broker_url) as transport,
+        PipelinePool(settings.concurrency, on_recycle=on_recycle) as pool,
+    ):
+        log.info("broker %s, blob store %s", transport.url, blob_store.url)
+        worker = Worker(
+            tasks=transport,
+            replies=transport,
+            blobs=blob_store,
+            pipeline=pipeline,
+            pool=pool,
+            settings=settings,
+            events=events,
+        )
         _install_signal_handlers(worker)
         return await worker.run()
 

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
-from consumers.pipelines.base import Limits
-from pixfleet.images import ImageInvalid, ImageTooLarge, UnsupportedFormat
+from pixfleet.images import ImageInvalid, ImageTooLarge, Limits, UnsupportedFormat
 
 #: Formats accepted from uploads. Anything else is refused before decoding.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP")

@@ -5,6 +5,8 @@
   grace period, the parent kills the whole pool and starts a fresh one.
 * A child that dies (OOM killer, segfault) breaks the pool: the call raises the retryable
   :class:`WorkerCrashed` and the pool is rebuilt.
+* Every rebuild is counted in ``recycled`` and reported to the optional ``on_recycle`` callback
+  (the worker's :meth:`~consumers.events.WorkerEvents.pool_recycled`) with its reason.
 * Children are started with ``spawn`` and exit by themselves when their parent dies
   (``kill -9`` of a worker leaves no orphans burning CPU).
 """
@@ -18,14 +20,15 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from types import FrameType
 from typing import Any, Self
 
-from consumers.pipelines.base import Limits, Pipeline, PipelineOutput
+from consumers.pipelines.base import Pipeline, PipelineOutput
 from pixfleet.errors import PipelineError, PixfleetError, TaskTimeout, WorkerCrashed
+from pixfleet.images import Limits
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +74,23 @@ def _run_in_child(
 
 
 class PipelinePool:
-    """``async with PipelinePool(4) as pool: out = await pool.run(fn, data, params, limits)``."""
+    """``async with PipelinePool(4) as pool: out = await pool.process(fn, data, params, limits)``.
+
+    ``on_recycle(reason)`` is called (on the event loop) each time the pool is rebuilt; it
+    should not raise (the CLI passes a guarded :class:`~consumers.events.EventFanout` method)."""
 
     def __init__(
-        self, workers: int, *, max_tasks_per_child: int = 500, hard_grace: float = HARD_GRACE
+        self,
+        workers: int,
+        *,
+        max_tasks_per_child: int = 500,
+        hard_grace: float = HARD_GRACE,
+        on_recycle: Callable[[str], None] | None = None,
     ) -> None:
         self.workers = max(1, workers)
         self.hard_grace = hard_grace
         self._max_tasks = max_tasks_per_child
+        self._on_recycle = on_recycle
         self._executor: ProcessPoolExecutor | None = None
         self.recycled = 0
 
@@ -104,7 +116,7 @@ class PipelinePool:
             executor, self._executor = self._executor, None
             await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
 
-    async def run(
+    async def process(
         self, pipeline: Pipeline, data: bytes, params: Mapping[str, Any], limits: Limits
     ) -> PipelineOutput:
         """Run ``pipeline`` in a child. Raises what the pipeline raised (typed), ``TaskTimeout``
@@ -137,3 +149,5 @@ class PipelinePool:
             process.kill()
         executor.shutdown(wait=False, cancel_futures=True)
         self._executor = self._new_executor()
+        if self._on_recycle is not None:
+            self._on_recycle(why)

@@ -2,16 +2,20 @@
 
 Per delivery, in this order (at-least-once with idempotent effects):
 
-1. fetch the blob and verify its size and sha256;
+1. check the task's deadline and size limit, then fetch the blob and verify its size and sha256;
 2. run the pipeline in the process pool (at most ``concurrency`` at a time);
 3. write outputs under keys derived from ``task id + group + name`` (a redelivery overwrites);
 4. publish the :class:`Result` to ``task.reply_to`` - durable before it returns;
 5. only then ack. A crash anywhere before 5 means redelivery, never loss.
 
-Failures: a retryable error (blob store hiccup, crashed pool process) is nacked for a delayed
-retry until ``max_attempts``; a permanent one (corrupt image, bomb, bad params, timeout) gets an
-error Result and is dead-lettered with its reason at once. One ``except Exception`` guards each
-delivery so that nothing stops the loop.
+Failures: a retryable error (blob store hiccup, crashed pool process) is nacked for a retry after
+a :class:`~brokers.policy.Backoff` delay until the ``delivery_limit``-th delivery; a permanent one
+(corrupt image, bomb, bad params, timeout) gets an error Result and is dead-lettered with its
+reason at once. One ``except Exception`` guards each delivery so that nothing stops the loop.
+
+The worker is typed against the roles it uses - :class:`~brokers.contract.TaskQueue`,
+:class:`~brokers.contract.ReplyChannels` and the :class:`~pixfleet.blobs.BlobStore` protocol -
+and reports outcomes and state changes to a :class:`~consumers.events.WorkerEvents` listener.
 """
 
 from __future__ import annotations
@@ -20,20 +24,24 @@ import asyncio
 import logging
 import os
 import socket
-import time
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
-from brokers.contract import Delivery, Transport
-from consumers.pipelines.base import Limits, Pipeline
+from brokers.contract import Delivery, ReplyChannels, TaskQueue
+from brokers.policy import Backoff
+from consumers.events import NO_EVENTS, EventFanout, WorkerEvents, WorkerState, WorkerStats
+from consumers.pipelines.base import Pipeline
 from consumers.pool import PipelinePool
-from pixfleet.blobs import FileBlobStore
-from pixfleet.envelope import ErrorInfo, Output, Result, Task, WorkerInfo
-from pixfleet.errors import PixfleetError, TaskExpired
-from pixfleet.images import ImageTooLarge
+from consumers.steps import Stopwatch, check_admissible, error_result, ok_result, store_outputs
+from pixfleet.blobs import BlobStore
+from pixfleet.envelope import Result, Task, WorkerInfo
+from pixfleet.errors import PixfleetError
+from pixfleet.images import Limits
 
 log = logging.getLogger(__name__)
+
+#: Longest wait before a retry, however many deliveries a task has had.
+RETRY_BACKOFF_CAP = 60.0
 
 
 @dataclass(frozen=True)
@@ -42,8 +50,8 @@ class WorkerSettings:
     concurrency: int = 2
     prefetch: int = 0  # 0: same as concurrency
     limits: Limits = field(default_factory=Limits)
-    max_attempts: int = 5
-    retry_backoff: float = 1.0  # seconds; doubles per attempt, capped at 60
+    delivery_limit: int = 5  # deliveries before a retryable failure becomes final
+    retry_backoff: float = 1.0  # seconds; doubles per attempt, capped at RETRY_BACKOFF_CAP
     drain_timeout: float = 60.0
     burst: bool = False
 
@@ -51,30 +59,30 @@ class WorkerSettings:
     def effective_prefetch(self) -> int:
         return self.prefetch or self.concurrency
 
-
-@dataclass
-class WorkerStats:
-    ok: int = 0
-    failed: int = 0
-    retried: int = 0
-
     @property
-    def handled(self) -> int:
-        return self.ok + self.failed
+    def backoff(self) -> Backoff:
+        return Backoff(first=self.retry_backoff, cap=RETRY_BACKOFF_CAP)
 
 
 class Worker:
-    """One consumer of one group. Build it with open resources; call :meth:`run`."""
+    """One consumer of one group. Build it with open resources; call :meth:`run`.
+
+    ``tasks`` and ``replies`` are usually the same transport; ``events`` hears every outcome
+    and state change (its counts are also kept in :attr:`stats`)."""
 
     def __init__(
         self,
-        transport: Transport,
-        blobs: FileBlobStore,
+        *,
+        tasks: TaskQueue,
+        replies: ReplyChannels,
+        blobs: BlobStore,
         pipeline: Pipeline,
         pool: PipelinePool,
         settings: WorkerSettings,
+        events: WorkerEvents = NO_EVENTS,
     ) -> None:
-        self.transport = transport
+        self.tasks = tasks
+        self.replies = replies
         self.blobs = blobs
         self.pipeline = pipeline
         self.pool = pool
@@ -83,9 +91,13 @@ class Worker:
             id=f"{socket.gethostname()}:{os.getpid()}", host=socket.gethostname(), pid=os.getpid()
         )
         self.stats = WorkerStats()
+        self.events = EventFanout(self.stats, events)
+        self.state: WorkerState = "starting"
+        self._backoff = settings.backoff
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._stop = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._given_back = 0  # deliveries nacked with requeue=True
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -102,29 +114,39 @@ class Worker:
             task.cancel()
 
     async def run(self) -> WorkerStats:
-        """Serve until stopped (or, with ``burst``, until the group has no backlog)."""
+        """Serve until stopped or, with ``burst``, until the group has no backlog: a round
+        consumes until the group is empty and drains; another round follows only if the last
+        one gave deliveries back for a retry."""
         s = self.settings
         log.info(
-            "worker %s serving group %r on %s (concurrency %d, prefetch %d%s)",
+            "worker %s serving group %r (concurrency %d, prefetch %d%s)",
             self.info.id,
             s.group,
-            self.transport.url,
             s.concurrency,
             s.effective_prefetch,
             ", burst" if s.burst else "",
         )
-        while True:
-            await self._consume_until_stopped()
-            await self._drain()
-            if self._stop.is_set() or not s.burst:
-                break
-            if (await self.transport.stats(s.group)).ready == 0:
-                break
+        try:
+            while True:
+                given_back = self._given_back
+                self._set_state("consuming")
+                await self._consume_until_stopped()
+                self._set_state("draining")
+                await self._drain()
+                if self._stop.is_set() or not s.burst or self._given_back == given_back:
+                    break
+        finally:
+            self._set_state("stopped")
         return self.stats
+
+    def _set_state(self, new: WorkerState) -> None:
+        old, self.state = self.state, new
+        if old != new:
+            self.events.state_changed(old, new)
 
     async def _consume_until_stopped(self) -> None:
         s = self.settings
-        stream = self.transport.consume(s.group, prefetch=s.effective_prefetch, until_empty=s.burst)
+        stream = self.tasks.consume(s.group, prefetch=s.effective_prefetch, until_empty=s.burst)
         stop = asyncio.ensure_future(self._stop.wait())
         try:
             async with aclosing(stream) as deliveries:
@@ -172,38 +194,30 @@ class Worker:
             await self._nack_quietly(delivery)
 
     async def _nack_quietly(self, delivery: Delivery[Task]) -> None:
+        self._given_back += 1
         try:
-            await delivery.nack(requeue=True, delay=self._backoff(delivery.attempt))
+            await delivery.nack(requeue=True, delay=self._backoff.delay(delivery.attempt))
         except Exception:
             log.exception(
                 "task %s: nack failed too; the lease expiry will redeliver it", delivery.message.id
             )
 
     async def _process_and_settle(self, delivery: Delivery[Task]) -> None:
-        task, attempt = delivery.message, delivery.attempt
         try:
-            result = await self._execute(task, attempt)
+            result = await self._execute(delivery.message, delivery.attempt)
         except PixfleetError as err:
-            if err.retryable and attempt < self.settings.max_attempts:
-                delay = self._backoff(attempt)
-                log.warning(
-                    "task %s attempt %d: %s; retrying in %.1fs",
-                    task.id,
-                    attempt,
-                    err.one_line(),
-                    delay,
-                )
-                self.stats.retried += 1
-                await delivery.nack(requeue=True, delay=delay, reason=err.one_line())
-                return
-            log.warning("task %s attempt %d failed: %s", task.id, attempt, err.one_line())
-            await self.transport.reply(task.reply_to, self._error_result(task, err, attempt))
-            await delivery.nack(requeue=False, reason=err.one_line())
-            self.stats.failed += 1
+            if err.retryable and delivery.attempt < self.settings.delivery_limit:
+                await self._retry(delivery, err)
+            else:
+                await self._fail(delivery, err)
             return
-        await self.transport.reply(task.reply_to, result)
+        await self._succeed(delivery, result)
+
+    async def _succeed(self, delivery: Delivery[Task], result: Result) -> None:
+        task = delivery.message
+        await self.replies.reply(task.reply_to, result)
         await delivery.ack()
-        self.stats.ok += 1
+        self.events.task_ok(task, result)
         log.info(
             "task %s [%s] ok: %d output(s) in %.0f ms",
             task.id,
@@ -212,67 +226,45 @@ class Worker:
             result.timings_ms.get("total", 0.0),
         )
 
+    async def _retry(self, delivery: Delivery[Task], err: PixfleetError) -> None:
+        task, attempt = delivery.message, delivery.attempt
+        delay = self._backoff.delay(attempt)
+        log.warning(
+            "task %s attempt %d: %s; retrying in %.1fs", task.id, attempt, err.one_line(), delay
+        )
+        self._given_back += 1
+        await delivery.nack(requeue=True, delay=delay, reason=err.one_line())
+        self.events.task_retry(task, attempt, delay, err)
+
+    async def _fail(self, delivery: Delivery[Task], err: PixfleetError) -> None:
+        task, attempt = delivery.message, delivery.attempt
+        log.warning("task %s attempt %d failed: %s", task.id, attempt, err.one_line())
+        result = error_result(
+            task, err, group=self.settings.group, worker=self.info, attempt=attempt
+        )
+        await self.replies.reply(task.reply_to, result)
+        await delivery.nack(requeue=False, reason=err.one_line())
+        self.events.task_failed(task, err)
+
     async def _execute(self, task: Task, attempt: int) -> Result:
+        """Check, fetch, process, store; the ``ok`` result. Raises :class:`PixfleetError`."""
         s = self.settings
-        started = time.perf_counter()
-        if task.deadline is not None and datetime.now(UTC) > task.deadline:
-            raise TaskExpired(f"deadline {task.deadline.isoformat()} passed before processing")
-        if task.blob.size > s.limits.max_bytes:
-            raise ImageTooLarge(
-                f"blob has {task.blob.size} bytes, the limit is {s.limits.max_bytes}"
-            )
+        clock = Stopwatch()
+        check_admissible(task, s.limits)
         data = await self.blobs.get(task.blob)
-        fetched = time.perf_counter()
+        clock.lap("fetch")
         async with self._slots:
-            queued = time.perf_counter()
-            out = await self.pool.run(self.pipeline, data, task.params, s.limits)
-        processed = time.perf_counter()
-        outputs = []
-        for r in out.renditions:
-            uri = await self.blobs.put_output(task.id, s.group, r.name, r.data)
-            outputs.append(
-                Output(
-                    name=r.name,
-                    uri=uri,
-                    width=r.width,
-                    height=r.height,
-                    format=r.format,
-                    bytes=len(r.data),
-                )
-            )
-        stored = time.perf_counter()
-        return Result(
-            task_id=task.id,
-            correlation_id=task.correlation_id,
+            clock.lap("queue")
+            out = await self.pool.process(self.pipeline, data, task.params, s.limits)
+        clock.lap("process")
+        outputs = await store_outputs(self.blobs, task.id, s.group, out.renditions)
+        clock.lap("store")
+        return ok_result(
+            task,
+            out,
+            outputs,
             group=s.group,
-            status="ok",
-            outputs=tuple(outputs),
-            meta=out.meta,
             worker=self.info,
             attempt=attempt,
-            timings_ms={
-                "fetch": _ms(fetched - started),
-                "queue": _ms(queued - fetched),
-                "process": _ms(processed - queued),
-                "store": _ms(stored - processed),
-                "total": _ms(stored - started),
-            },
+            timings_ms=clock.timings_ms(),
         )
-
-    def _error_result(self, task: Task, err: PixfleetError, attempt: int) -> Result:
-        return Result(
-            task_id=task.id,
-            correlation_id=task.correlation_id,
-            group=self.settings.group,
-            status="error",
-            error=ErrorInfo(code=err.code, message=err.message[:2000], retryable=err.retryable),
-            worker=self.info,
-            attempt=attempt,
-        )
-
-    def _backoff(self, attempt: int) -> float:
-        return float(min(self.settings.retry_backoff * 2 ** (attempt - 1), 60.0))
-
-
-def _ms(seconds: float) -> float:
-    return round(seconds * 1000.0, 2)

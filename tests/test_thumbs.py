@@ -64,8 +64,10 @@ def test_exif_orientation_6_comes_out_upright() -> None:
     [r] = out.renditions
     im = open_output(r.data).convert("RGB")
     assert im.size == (100, 200)
-    red_r, red_g, _ = im.getpixel((90, 10))  # top-right
-    blue_r, _, blue_b = im.getpixel((10, 190))  # bottom-left
+    top_right, bottom_left = im.getpixel((90, 10)), im.getpixel((10, 190))
+    assert isinstance(top_right, tuple) and isinstance(bottom_left, tuple)  # RGB pixels
+    red_r, red_g, _ = top_right
+    blue_r, _, blue_b = bottom_left
     assert red_r > 200 and red_g < 60
     assert blue_b > 200 and blue_r < 60
     assert out.meta["orientation"] == 6

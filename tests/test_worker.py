@@ -12,15 +12,18 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from pydantic import JsonValue
 
 from brokers import Transport, open_transport
+from consumers.events import NO_EVENTS, WorkerEvents, WorkerState, WorkerStats
 from consumers.pipelines import Pipeline, resolve
 from consumers.pipelines.base import Limits
 from consumers.pool import PipelinePool
-from consumers.worker import Worker, WorkerSettings, WorkerStats
-from pixfleet.blobs import FileBlobStore
+from consumers.worker import Worker, WorkerSettings
+from pixfleet.blobs import store_upload
+from pixfleet.blobs.file import FileBlobStore
 from pixfleet.envelope import BlobRef, Result, Task
-from pixfleet.errors import TaskTimeout
+from pixfleet.errors import PixfleetError, TaskTimeout
 from tests.conftest import BrokerUnderTest
 from tests.helpers import images, pipelines
 from tests.helpers.tasks import unique
@@ -34,30 +37,50 @@ class Rig:
     tmp: Path
     group: str = field(default_factory=lambda: unique("thumbs"))
 
-    async def put(self, data: bytes, **params: object) -> Task:
-        ref = await self.blobs.put_upload(data, "image/jpeg")
-        return await self.publish(ref, **params)
+    async def put(self, data: bytes, **params: JsonValue) -> Task:
+        ref = await store_upload(self.blobs, data, "image/jpeg")
+        return await self._publish(ref, params, None)
 
     async def publish(
-        self, ref: BlobRef, *, deadline: datetime | None = None, **params: object
+        self, ref: BlobRef, *, deadline: datetime | None = None, **params: JsonValue
     ) -> Task:
-        task = Task.new(ref, groups=(self.group,), params=params, deadline=deadline)  # type: ignore[arg-type]
+        return await self._publish(ref, params, deadline)
+
+    async def _publish(
+        self, ref: BlobRef, params: dict[str, JsonValue], deadline: datetime | None
+    ) -> Task:
+        task = Task.new(ref, groups=(self.group,), params=params, deadline=deadline)
         await self.transport.publish(task)
         return task
 
-    async def work(self, pipeline: Pipeline | None = None, **overrides: object) -> WorkerStats:
-        settings = dataclasses.replace(
-            WorkerSettings(group=self.group, concurrency=1, burst=True, retry_backoff=0.05),
-            **overrides,  # type: ignore[arg-type]
+    async def work(
+        self,
+        pipeline: Pipeline | None = None,
+        *,
+        limits: Limits | None = None,
+        delivery_limit: int | None = None,
+        events: WorkerEvents = NO_EVENTS,
+    ) -> WorkerStats:
+        settings = WorkerSettings(group=self.group, concurrency=1, burst=True, retry_backoff=0.05)
+        if limits is not None:
+            settings = dataclasses.replace(settings, limits=limits)
+        if delivery_limit is not None:
+            settings = dataclasses.replace(settings, delivery_limit=delivery_limit)
+        worker = Worker(
+            tasks=self.transport,
+            replies=self.transport,
+            blobs=self.blobs,
+            pipeline=pipeline or resolve(self.group, "thumbs"),
+            pool=self.pool,
+            settings=settings,
+            events=events,
         )
-        pipeline = pipeline or resolve(self.group, "thumbs")
-        worker = Worker(self.transport, self.blobs, pipeline, self.pool, settings)
         async with asyncio.timeout(60):
             return await worker.run()
 
     async def results(self) -> dict[str, Result]:
         out: dict[str, Result] = {}
-        async with aclosing(self.transport.replies("results", until_empty=True)) as it:  # type: ignore[type-var]
+        async with aclosing(self.transport.replies("results", until_empty=True)) as it:
             async for delivery in it:
                 out[delivery.message.task_id] = delivery.message
                 await delivery.ack()
@@ -78,7 +101,7 @@ async def test_ok_task_writes_outputs_replies_and_acks(rig: Rig) -> None:
     assert result.status == "ok" and result.attempt == 1
     assert {o.name for o in result.outputs} == {"256.jpg", "256.webp", "1024.jpg", "1024.webp"}
     for output in result.outputs:
-        with Image.open(rig.blobs.path_for_uri(output.uri)) as im:
+        with Image.open(rig.blobs.path_for_key(output.uri)) as im:
             assert im.size == (output.width, output.height)
     assert (await rig.transport.stats(rig.group)).ready == 0
 
@@ -112,14 +135,15 @@ async def test_bad_image_gets_error_result_dead_letter_and_worker_goes_on(
     results = await rig.results()
     assert results[good.id].status == "ok"
     assert results[bad.id].status == "error"
-    assert results[bad.id].error is not None and results[bad.id].error.code == code
+    error = results[bad.id].error
+    assert error is not None and error.code == code
     [dead] = await rig.transport.dead_letters(rig.group)
     assert code in dead.reason
 
 
 async def test_blob_that_does_not_match_its_hash_is_refused(rig: Rig) -> None:
-    ref = await rig.blobs.put_upload(images.jpeg_bytes(), "image/jpeg")
-    rig.blobs.path_for_uri(ref.uri).write_bytes(images.jpeg_bytes(seed=9))  # tampered
+    ref = await store_upload(rig.blobs, images.jpeg_bytes(), "image/jpeg")
+    rig.blobs.path_for_key(ref.uri).write_bytes(images.jpeg_bytes(seed=9))  # tampered
     task = await rig.publish(ref)
     await rig.work()
     error = (await rig.results())[task.id].error
@@ -127,7 +151,7 @@ async def test_blob_that_does_not_match_its_hash_is_refused(rig: Rig) -> None:
 
 
 async def test_expired_task_is_not_processed(rig: Rig) -> None:
-    ref = await rig.blobs.put_upload(images.jpeg_bytes(), "image/jpeg")
+    ref = await store_upload(rig.blobs, images.jpeg_bytes(), "image/jpeg")
     task = await rig.publish(ref, deadline=datetime.now(UTC) - timedelta(seconds=1))
     await rig.work()
     error = (await rig.results())[task.id].error
@@ -169,7 +193,7 @@ async def test_transient_failure_is_retried_and_then_succeeds(rig: Rig) -> None:
 async def test_crashed_pool_process_is_retried_then_fails_and_pool_recovers(rig: Rig) -> None:
     doomed = await rig.put(images.jpeg_bytes())
     fine = await rig.put(images.jpeg_bytes(seed=3), crash=False)
-    stats = await rig.work(pipelines.crash, max_attempts=2)
+    stats = await rig.work(pipelines.crash, delivery_limit=2)
     assert (stats.ok, stats.failed, stats.retried) == (1, 1, 1)
     results = await rig.results()
     error = results[doomed.id].error
@@ -184,7 +208,7 @@ async def test_always_failing_task_is_dead_lettered_with_its_reason_at_the_last_
 ) -> None:
     doomed = await rig.put(images.jpeg_bytes(), marker=str(rig.tmp / "never"))
     fine = await rig.put(images.jpeg_bytes(seed=5))
-    stats = await rig.work(pipelines.always_transient, max_attempts=broker.delivery_limit)
+    stats = await rig.work(pipelines.always_transient, delivery_limit=broker.delivery_limit)
     assert (stats.ok, stats.failed, stats.retried) == (1, 1, broker.delivery_limit - 1)
     results = await rig.results()
     assert results[fine.id].status == "ok"  # the poison task did not block the other one
@@ -199,8 +223,65 @@ async def test_transport_delivery_limit_stops_a_task_the_worker_would_retry_fore
     rig: Rig, broker: BrokerUnderTest
 ) -> None:
     await rig.put(images.jpeg_bytes(), marker=str(rig.tmp / "never"))
-    stats = await rig.work(pipelines.always_transient, max_attempts=100)
+    stats = await rig.work(pipelines.always_transient, delivery_limit=100)
     assert stats.retried == broker.delivery_limit and stats.failed == 0
     [dead] = await rig.transport.dead_letters(rig.group)
     assert f"delivery limit {broker.delivery_limit} reached" in dead.reason
     assert "blob.unavailable" in dead.reason
+
+
+@dataclass
+class Recorder:
+    """A :class:`WorkerEvents` listener that keeps everything it hears."""
+
+    ok: list[str] = field(default_factory=list)
+    retries: list[tuple[str, int, float, str]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    recycled: list[str] = field(default_factory=list)
+    states: list[tuple[WorkerState, WorkerState]] = field(default_factory=list)
+
+    def task_ok(self, task: Task, result: Result) -> None:
+        assert result.task_id == task.id and result.status == "ok"
+        self.ok.append(task.id)
+
+    def task_retry(self, task: Task, attempt: int, delay: float, error: PixfleetError) -> None:
+        self.retries.append((task.id, attempt, delay, error.code))
+
+    def task_failed(self, task: Task, error: PixfleetError) -> None:
+        self.failed.append((task.id, error.code))
+
+    def pool_recycled(self, reason: str) -> None:
+        self.recycled.append(reason)
+
+    def state_changed(self, old: WorkerState, new: WorkerState) -> None:
+        self.states.append((old, new))
+
+
+async def test_events_hear_ok_retry_failed_and_every_state_change(rig: Rig) -> None:
+    seen_before = rig.tmp / "seen-before"
+    seen_before.write_text("")
+    good = await rig.put(images.jpeg_bytes(), marker=str(seen_before))
+    flaky = await rig.put(images.jpeg_bytes(seed=2), marker=str(rig.tmp / "first-time"))
+    bad = await rig.put(b"just some text, not an image", marker=str(seen_before))
+    events = Recorder()
+    stats = await rig.work(pipelines.flaky_once, events=events)
+    assert sorted(events.ok) == sorted([good.id, flaky.id])
+    assert events.retries == [(flaky.id, 1, 0.05, "blob.unavailable")]  # Backoff(first=0.05)
+    assert events.failed == [(bad.id, "image.invalid")]
+    assert events.recycled == []
+    assert (stats.ok, stats.retried, stats.failed) == (2, 1, 1)  # counted once, not twice
+    assert events.states[0] == ("starting", "consuming")
+    assert events.states[-1] == ("draining", "stopped")
+    allowed = {("consuming", "draining"), ("draining", "consuming")}
+    assert set(events.states[1:-1]) <= allowed, events.states
+
+
+async def test_events_hear_the_pool_being_recycled(tmp_path: Path, broker: BrokerUnderTest) -> None:
+    events = Recorder()
+    pool = PipelinePool(1, on_recycle=events.pool_recycled)
+    async with open_transport(broker.url) as transport, pool:
+        rig = Rig(transport, FileBlobStore(tmp_path / "blobs"), pool, tmp_path)
+        task = await rig.put(images.jpeg_bytes())
+        await rig.work(pipelines.crash, delivery_limit=1, events=events)
+    assert events.recycled == ["a pool process died"]
+    assert events.failed == [(task.id, "worker.crashed")]

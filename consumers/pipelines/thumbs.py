@@ -20,8 +20,9 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from consumers.imaging import Decoded, decode, fit_long_edge
-from consumers.pipelines.base import Limits, PipelineOutput, Rendition
+from consumers.pipelines.base import PipelineOutput, Rendition
 from pixfleet.errors import ParamsInvalid
+from pixfleet.images import Limits
 
 _EXT = {"jpeg": "jpg", "webp": "webp"}
 

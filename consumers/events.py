@@ -1,0 +1,121 @@
+"""What a worker reports while it runs: the :class:`WorkerEvents` hook.
+
+Metrics, a worker registry or a test recorder plug in here instead of editing the loop. The
+worker calls the hook at these points, synchronously, on the event loop thread:
+
+* ``task_ok`` - after the result was replied and the delivery acked;
+* ``task_retry`` - after a retryable failure was nacked for another delivery in ``delay`` s;
+* ``task_failed`` - after a final failure got its error result and was dead-lettered;
+* ``pool_recycled`` - the process pool was killed and rebuilt (a stuck or crashed child);
+* ``state_changed`` - the worker moved from one :data:`WorkerState` to another.
+
+Hooks should be quick and should not raise: :class:`EventFanout` (what the worker calls) logs
+and swallows an exception from one listener so that the others, and the delivery, go on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from pixfleet.envelope import Result, Task
+from pixfleet.errors import PixfleetError
+
+log = logging.getLogger(__name__)
+
+#: ``starting`` (built, not yet consuming) -> ``consuming`` -> ``draining`` (no new tasks,
+#: in-flight ones finish) -> ``consuming`` again (another ``--burst`` round) or ``stopped``.
+WorkerState = Literal["starting", "consuming", "draining", "stopped"]
+
+
+class WorkerEvents(Protocol):
+    """Listener of a worker's task outcomes and lifecycle (see the module docstring)."""
+
+    def task_ok(self, task: Task, result: Result) -> None: ...
+
+    def task_retry(self, task: Task, attempt: int, delay: float, error: PixfleetError) -> None:
+        """Delivery number ``attempt`` failed with a retryable ``error``; retried in ``delay``."""
+        ...
+
+    def task_failed(self, task: Task, error: PixfleetError) -> None: ...
+
+    def pool_recycled(self, reason: str) -> None: ...
+
+    def state_changed(self, old: WorkerState, new: WorkerState) -> None: ...
+
+
+class NoEvents:
+    """Listens to nothing. Subclass it to implement only the events you care about."""
+
+    def task_ok(self, task: Task, result: Result) -> None:
+        return None
+
+    def task_retry(self, task: Task, attempt: int, delay: float, error: PixfleetError) -> None:
+        return None
+
+    def task_failed(self, task: Task, error: PixfleetError) -> None:
+        return None
+
+    def pool_recycled(self, reason: str) -> None:
+        return None
+
+    def state_changed(self, old: WorkerState, new: WorkerState) -> None:
+        return None
+
+
+#: The default listener of :class:`~consumers.worker.Worker` (stateless, so shareable).
+NO_EVENTS = NoEvents()
+
+
+@dataclass
+class WorkerStats(NoEvents):
+    """Counts of final outcomes (``ok``, ``failed``) and retries, as events arrive."""
+
+    ok: int = 0
+    failed: int = 0
+    retried: int = 0
+
+    @property
+    def handled(self) -> int:
+        return self.ok + self.failed
+
+    def task_ok(self, task: Task, result: Result) -> None:
+        self.ok += 1
+
+    def task_retry(self, task: Task, attempt: int, delay: float, error: PixfleetError) -> None:
+        self.retried += 1
+
+    def task_failed(self, task: Task, error: PixfleetError) -> None:
+        self.failed += 1
+
+
+class EventFanout:
+    """Passes every event to each listener in order; a listener that raises is logged and the
+    rest still hear the event (a broken metrics plugin never fails a delivery)."""
+
+    def __init__(self, *listeners: WorkerEvents) -> None:
+        self.listeners = listeners
+
+    def task_ok(self, task: Task, result: Result) -> None:
+        self._each(lambda listener: listener.task_ok(task, result))
+
+    def task_retry(self, task: Task, attempt: int, delay: float, error: PixfleetError) -> None:
+        self._each(lambda listener: listener.task_retry(task, attempt, delay, error))
+
+    def task_failed(self, task: Task, error: PixfleetError) -> None:
+        self._each(lambda listener: listener.task_failed(task, error))
+
+    def pool_recycled(self, reason: str) -> None:
+        self._each(lambda listener: listener.pool_recycled(reason))
+
+    def state_changed(self, old: WorkerState, new: WorkerState) -> None:
+        self._each(lambda listener: listener.state_changed(old, new))
+
+    def _each(self, call: Callable[[WorkerEvents], None]) -> None:
+        for listener in self.listeners:
+            try:
+                call(listener)
+            except Exception:
+                log.exception("worker event listener %r failed", listener)

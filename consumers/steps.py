@@ -1,0 +1,105 @@
+"""The steps of one task that need no broker: admission, storing outputs, building results.
+
+:class:`~consumers.worker.Worker` strings them together around the blob fetch and the pool.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from consumers.pipelines.base import PipelineOutput, Rendition
+from pixfleet.blobs import BlobStore, store_output
+from pixfleet.envelope import ErrorInfo, Output, Result, Task, WorkerInfo
+from pixfleet.errors import PixfleetError, TaskExpired
+from pixfleet.images import ImageTooLarge, Limits
+
+
+class Stopwatch:
+    """Milliseconds per step, each measured from the previous lap (or the start)."""
+
+    def __init__(self) -> None:
+        self._started = self._last = time.perf_counter()
+        self._laps: dict[str, float] = {}
+
+    def lap(self, step: str) -> None:
+        now = time.perf_counter()
+        self._laps[step] = _ms(now - self._last)
+        self._last = now
+
+    def timings_ms(self) -> dict[str, float]:
+        """Every lap plus ``total`` (start to the last lap)."""
+        return {**self._laps, "total": _ms(self._last - self._started)}
+
+
+def check_admissible(task: Task, limits: Limits) -> None:
+    """Refuse a task before fetching its blob: :class:`TaskExpired` past its deadline,
+    :class:`ImageTooLarge` if its blob is over the byte limit (both final)."""
+    if task.deadline is not None and datetime.now(UTC) > task.deadline:
+        raise TaskExpired(f"deadline {task.deadline.isoformat()} passed before processing")
+    if task.blob.size > limits.max_bytes:
+        raise ImageTooLarge(f"blob has {task.blob.size} bytes, the limit is {limits.max_bytes}")
+
+
+async def store_outputs(
+    store: BlobStore, task_id: str, group: str, renditions: Iterable[Rendition]
+) -> tuple[Output, ...]:
+    """Write each rendition under its task-derived key (a redelivery overwrites the same keys)."""
+    outputs = []
+    for r in renditions:
+        key = await store_output(store, task_id, group, r.name, r.data)
+        outputs.append(
+            Output(
+                name=r.name,
+                uri=key,
+                width=r.width,
+                height=r.height,
+                format=r.format,
+                bytes=len(r.data),
+            )
+        )
+    return tuple(outputs)
+
+
+def ok_result(
+    task: Task,
+    out: PipelineOutput,
+    outputs: tuple[Output, ...],
+    *,
+    group: str,
+    worker: WorkerInfo,
+    attempt: int,
+    timings_ms: dict[str, float],
+) -> Result:
+    """The ``ok`` result of ``task``: the pipeline's meta and the stored outputs."""
+    return Result(
+        task_id=task.id,
+        correlation_id=task.correlation_id,
+        group=group,
+        status="ok",
+        outputs=outputs,
+        meta=out.meta,
+        worker=worker,
+        attempt=attempt,
+        timings_ms=timings_ms,
+    )
+
+
+def error_result(
+    task: Task, err: PixfleetError, *, group: str, worker: WorkerInfo, attempt: int
+) -> Result:
+    """The ``error`` result of ``task``: the error's code, message and ``retryable`` flag."""
+    return Result(
+        task_id=task.id,
+        correlation_id=task.correlation_id,
+        group=group,
+        status="error",
+        error=ErrorInfo(code=err.code, message=err.message[:2000], retryable=err.retryable),
+        worker=worker,
+        attempt=attempt,
+    )
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 2)
