@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import aclosing
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +33,8 @@ from PIL import Image, ImageDraw
 from brokers import open_transport
 from consumers.pipelines.base import Limits
 from consumers.pipelines.thumbs import run as thumbs
-from pixfleet.blobs import FileBlobStore
+from pixfleet.blobs import store_upload
+from pixfleet.blobs.file import FileBlobStore
 from pixfleet.envelope import Task
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,21 +68,21 @@ def naive(data: bytes) -> int:
     return total
 
 
-def per_image(fn: object, blobs: list[bytes]) -> float:
+def per_image(fn: Callable[[bytes], object], blobs: list[bytes]) -> float:
     started = time.perf_counter()
     for data in blobs:
-        fn(data)  # type: ignore[operator]
+        fn(data)
     return len(blobs) / (time.perf_counter() - started)
 
 
 async def transport_rate(url: str, n: int) -> float:
-    blob = FileBlobStore(Path(tempfile.mkdtemp())).put_upload_sync(b"x", "image/jpeg")
+    blob = await store_upload(FileBlobStore(Path(tempfile.mkdtemp())), b"x", "image/jpeg")
     async with open_transport(url) as transport:
         started = time.perf_counter()
         for _ in range(n):
             await transport.publish(Task.new(blob, groups=("bench",)))
         async with aclosing(transport.consume("bench", prefetch=64, until_empty=True)) as it:
-            async for delivery in it:  # type: ignore[attr-defined]
+            async for delivery in it:
                 await delivery.ack()
         return n / (time.perf_counter() - started)
 
@@ -137,14 +139,14 @@ async def fleet(url: str, blobs_dir: Path, images: list[bytes], workers: int) ->
             while (await transport.stats("thumbs")).consumers < workers:
                 await asyncio.sleep(0.1)
             channel = await transport.open_reply_channel()
-            refs = [await store.put_upload(data, "image/jpeg") for data in images]
+            refs = [await store_upload(store, data, "image/jpeg") for data in images]
             started = time.perf_counter()
             tasks = [Task.new(ref, groups=("thumbs",), reply_to=channel) for ref in refs]
             for task in tasks:
                 await transport.publish(task)
             latencies = []
             async with aclosing(transport.replies(channel)) as it:
-                async for delivery in it:  # type: ignore[attr-defined]
+                async for delivery in it:
                     await delivery.ack()
                     lag = datetime.now(UTC) - next(
                         t.created_at for t in tasks if t.id == delivery.message.task_id

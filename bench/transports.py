@@ -21,12 +21,13 @@ from contextlib import aclosing
 from pathlib import Path
 
 from brokers import open_transport
-from pixfleet.blobs import FileBlobStore
+from pixfleet.blobs import store_upload
+from pixfleet.blobs.file import FileBlobStore
 from pixfleet.envelope import Task
 
 
 async def measure(url: str, messages: int, samples: int) -> dict[str, float]:
-    blob = FileBlobStore(Path(tempfile.mkdtemp())).put_upload_sync(b"x", "image/jpeg")
+    blob = await store_upload(FileBlobStore(Path(tempfile.mkdtemp())), b"x", "image/jpeg")
     group = f"bench-{uuid.uuid4().hex[:8]}"
     async with open_transport(url) as transport:
         started = time.perf_counter()
@@ -35,7 +36,7 @@ async def measure(url: str, messages: int, samples: int) -> dict[str, float]:
         published = time.perf_counter()
         consumed = 0
         first = published
-        async with aclosing(transport.consume(group, prefetch=64, until_empty=True)) as it:  # type: ignore[type-var]
+        async with aclosing(transport.consume(group, prefetch=64, until_empty=True)) as it:
             async for delivery in it:
                 if consumed == 0:
                     first = time.perf_counter()  # after subscribing (Kafka: group join)
@@ -45,7 +46,7 @@ async def measure(url: str, messages: int, samples: int) -> dict[str, float]:
         assert consumed == messages, f"{url}: consumed {consumed} of {messages}"
 
         latencies = []
-        async with aclosing(transport.consume(group, prefetch=8)) as it:  # type: ignore[type-var]
+        async with aclosing(transport.consume(group, prefetch=8)) as it:
             for _ in range(samples):
                 sent = time.perf_counter()
                 await transport.publish(Task.new(blob, groups=(group,)))

@@ -17,7 +17,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from brokers import names
 from brokers.kafka.transport import KafkaTransport
-from pixfleet.blobs import FileBlobStore
+from pixfleet.blobs import store_upload
+from pixfleet.blobs.file import FileBlobStore
 from pixfleet.envelope import Task, decode_result, encode
 from tests.conftest import BrokerUnderTest, kafka_under_test, missing_broker
 from tests.e2e.conftest import Fleet, held_tasks, parse_results, wait_until
@@ -97,7 +98,8 @@ async def _publish_with_random_delays(fleet: Fleet, count: int) -> dict[tuple[in
         where = {}
         try:
             for i in range(count):
-                ref = store.put_upload_sync(images.jpeg_bytes(320, 240, seed=i), "image/jpeg")
+                data = images.jpeg_bytes(320, 240, seed=i)
+                ref = await store_upload(store, data, "image/jpeg")
                 task = Task.new(
                     ref, groups=("thumbs",), params={"delay": round(rng.uniform(0.05, 1.2), 2)}
                 )
@@ -221,7 +223,8 @@ def test_task_produced_by_kafkajs_is_processed_and_answered(kafka_fleet: Fleet) 
     fleet = kafka_fleet
     script = _kafkajs()
     worker = fleet.worker("--concurrency", "1")
-    ref = FileBlobStore(fleet.home / "blobs").put_upload_sync(images.jpeg_bytes(), "image/jpeg")
+    store = FileBlobStore(fleet.home / "blobs")
+    ref = asyncio.run(store_upload(store, images.jpeg_bytes(), "image/jpeg"))
     task = Task.new(ref, groups=("thumbs",), params={"sizes": [96]})
     s = KafkaTransport.from_url(fleet.broker_url).settings
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
@@ -14,7 +15,8 @@ from urllib.parse import urlsplit, urlunsplit
 import jsonschema
 import pytest
 
-from pixfleet.blobs import FileBlobStore
+from pixfleet.blobs import store_upload
+from pixfleet.blobs.file import FileBlobStore
 from pixfleet.schema import SCHEMA_DIR
 from tests.conftest import missing_broker
 from tests.e2e.conftest import Fleet, parse_results, wait_until
@@ -70,7 +72,8 @@ def test_task_published_by_amqp_publish_is_processed_and_answered(fleet: Fleet) 
     wait_until(lambda: fleet.stats().consumers == 1, timeout=30, what="the worker")
     # The foreign producer stores the image in the shared blob store and writes the task in
     # the published JSON Schema - no pixfleet code involved in building it.
-    ref = FileBlobStore(fleet.home / "blobs").put_upload_sync(images.jpeg_bytes(), "image/jpeg")
+    store = FileBlobStore(fleet.home / "blobs")
+    ref = asyncio.run(store_upload(store, images.jpeg_bytes(), "image/jpeg"))
     task_id = f"ext-{uuid.uuid4().hex}"
     task = {
         "v": 1,
