@@ -57,6 +57,7 @@ KAFKA_HEADER_GROUPS = "pixfleet-groups"  # comma-separated targets; empty = ever
 KAFKA_HEADER_ATTEMPT = "pixfleet-attempt"  # deliveries before this retry copy was made
 KAFKA_HEADER_NOT_BEFORE = "pixfleet-not-before"  # retry copies: epoch milliseconds
 KAFKA_HEADER_REASON = "pixfleet-reason"  # dead letters
+KAFKA_HEADER_CORRELATION = "correlation_id"  # results: the task's correlation id
 
 
 def kafka_retry_topic(group: str) -> str:

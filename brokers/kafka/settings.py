@@ -27,15 +27,32 @@ import os
 import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
+from brokers.urls import UrlOptions
 from pixfleet.errors import InvalidURL
+from pixfleet.settings import redact
 
 ENV_USER = "PIXFLEET_KAFKA_USER"
 ENV_PASSWORD = "PIXFLEET_KAFKA_PASSWORD"  # noqa: S105 - the name of a variable, not a secret
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
+#: An idle fetch returns this often: bounds the latency of a new task.
+FETCH_MAX_WAIT_MS = 50
+
+_OPTIONS = (
+    "partitions",
+    "replication",
+    "idempotence",
+    "session_timeout",
+    "max_poll_interval",
+    "namespace",
+    "delivery_limit",
+    "op_timeout",
+    "security_protocol",
+    "sasl_mechanism",
+    "cafile",
+)
+_NAMESPACE = re.compile(r"[A-Za-z0-9._-]*")
 
 
 @dataclass(frozen=True)
@@ -79,57 +96,46 @@ class KafkaSettings:
             options["sasl_plain_password"] = os.environ.get(ENV_PASSWORD, "")
         return options
 
+    def member_options(self, group_id: str, *, prefetch: int) -> dict[str, Any]:
+        """Options of a consumer-group member: no auto-commit, new groups start at the earliest
+        offset, at most ``prefetch`` records per poll."""
+        return {
+            "group_id": group_id,
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest",
+            "max_poll_records": prefetch,
+            "session_timeout_ms": int(self.session_timeout * 1000),
+            "max_poll_interval_ms": int(self.max_poll_interval * 1000),
+            "fetch_max_wait_ms": FETCH_MAX_WAIT_MS,
+            "heartbeat_interval_ms": max(int(self.session_timeout * 1000 / 3), 100),
+            **self.client_options(),
+        }
+
     @classmethod
     def from_url(cls, url: str) -> KafkaSettings:
+        """Settings of ``url``; raises :class:`InvalidURL` for another scheme, credentials in the
+        URL, unknown options, bad numbers or flags, and counts below 1."""
         parts = urlsplit(url)
         if parts.scheme != "kafka" or not parts.netloc or "@" in parts.netloc:
             raise InvalidURL(
-                f"expected kafka://host:port[,host:port] (credentials via environment), got {url!r}"
+                "expected kafka://host:port[,host:port] (credentials via environment), "
+                f"got {redact(url)!r}"
             )
-        options = dict(parse_qsl(parts.query, keep_blank_values=True))
-        known = {
-            "partitions",
-            "replication",
-            "idempotence",
-            "session_timeout",
-            "max_poll_interval",
-            "namespace",
-            "delivery_limit",
-            "op_timeout",
-            "security_protocol",
-            "sasl_mechanism",
-            "cafile",
-        }
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise InvalidURL(f"unknown kafka URL option(s) {unknown}; known: {sorted(known)}")
-        try:
-            settings = cls(
-                bootstrap=parts.netloc,
-                partitions=int(options.get("partitions", cls.partitions)),
-                replication=int(options.get("replication", cls.replication)),
-                idempotence=_flag(options.get("idempotence", "true")),
-                session_timeout=float(options.get("session_timeout", cls.session_timeout)),
-                max_poll_interval=float(options.get("max_poll_interval", cls.max_poll_interval)),
-                namespace=options.get("namespace", ""),
-                delivery_limit=int(options.get("delivery_limit", cls.delivery_limit)),
-                op_timeout=float(options.get("op_timeout", cls.op_timeout)),
-                security_protocol=options.get("security_protocol", "PLAINTEXT").upper(),
-                sasl_mechanism=options.get("sasl_mechanism", "").upper(),
-                cafile=options.get("cafile", ""),
-            )
-        except ValueError as exc:
-            raise InvalidURL(f"bad kafka URL option in {url!r}: {exc}") from exc
-        if not re.fullmatch(r"[A-Za-z0-9._-]*", settings.namespace):
+        opts = UrlOptions.parse(url, known=_OPTIONS, scheme="kafka")
+        namespace = opts.text("namespace")
+        if not _NAMESPACE.fullmatch(namespace):
             raise InvalidURL("kafka namespace may use letters, digits, '.', '_' and '-'")
-        if min(settings.partitions, settings.replication, settings.delivery_limit) < 1:
-            raise InvalidURL("kafka options partitions, replication, delivery_limit must be >= 1")
-        return settings
-
-
-def _flag(value: str) -> bool:
-    if value.lower() in _TRUE:
-        return True
-    if value.lower() in _FALSE:
-        return False
-    raise ValueError(f"expected true or false, got {value!r}")
+        return cls(
+            bootstrap=parts.netloc,
+            partitions=opts.integer("partitions", cls.partitions, minimum=1),
+            replication=opts.integer("replication", cls.replication, minimum=1),
+            idempotence=opts.flag("idempotence", cls.idempotence),
+            session_timeout=opts.number("session_timeout", cls.session_timeout),
+            max_poll_interval=opts.number("max_poll_interval", cls.max_poll_interval),
+            namespace=namespace,
+            delivery_limit=opts.integer("delivery_limit", cls.delivery_limit, minimum=1),
+            op_timeout=opts.number("op_timeout", cls.op_timeout),
+            security_protocol=opts.text("security_protocol", cls.security_protocol).upper(),
+            sasl_mechanism=opts.text("sasl_mechanism").upper(),
+            cafile=opts.text("cafile"),
+        )

@@ -4,12 +4,14 @@
   or unsettled at once. The consumer keeps polling (partitions paused) while every slot is busy,
   so long image tasks never exceed ``max.poll.interval``.
 * Offsets are committed explicitly, per partition, up to the lowest unfinished record
-  (:class:`~brokers.kafka.offsets.OffsetTracker`) - never a bare ``commit()``.
+  (:class:`~brokers.kafka.commits.PartitionCommits`) - never a bare ``commit()``.
 * On a rebalance, revoked partitions drop their buffered records, wait (bounded) for their
-  in-flight records, commit what is safe and forget their bookkeeping; a ``CommitFailedError``
-  is logged, not raised: the new owner re-reads from the last safe offset (at-least-once).
+  in-flight records, commit what is safe and forget their bookkeeping.
 * Records not targeted at this group are skipped (marked done at once); retry copies wait until
   their not-before time.
+
+The subscription reaches the broker only through :class:`Host`, the little it needs from its
+transport (:class:`~brokers.kafka.client.KafkaClient` is one).
 """
 
 from __future__ import annotations
@@ -17,94 +19,53 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, Protocol, Self, TypeVar
+from collections.abc import Callable
+from typing import Generic, Protocol, Self, TypeVar
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
-from aiokafka.structs import OffsetAndMetadata
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 
-from brokers import names
-from brokers.kafka.offsets import OffsetTracker
-from brokers.policy import apply_delivery_limit
+from brokers.kafka.commits import PartitionCommits, RebalanceListener
+from brokers.kafka.delivery import KafkaDelivery
+from brokers.kafka.records import Record, attempt_of, is_due, is_targeted
+from brokers.kafka.settings import KafkaSettings
 from pixfleet.envelope import Result, Task
-from pixfleet.errors import EnvelopeError
-
-if TYPE_CHECKING:
-    from brokers.kafka.transport import KafkaTransport
+from pixfleet.errors import BrokerUnavailable, EnvelopeError
 
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", Task, Result)
 
-
-class Record(Protocol):
-    """The parts of aiokafka's ConsumerRecord this transport uses."""
-
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: Sequence[tuple[str, bytes]]
-
-
 REVOKE_DRAIN = 10.0  # seconds a revoked partition waits for its in-flight records
-FETCH_MAX_WAIT_MS = 50  # an idle fetch returns this often: bounds the latency of a new task
 
 
-def header(record: Record, key: str) -> bytes | None:
-    for name, value in record.headers or ():
-        if name == key:
-            return bytes(value)
-    return None
+class Host(Protocol):
+    """What a subscription needs from its transport: topics, retry and dead-letter copies, the
+    settings, and to be closed with it."""
 
+    @property
+    def settings(self) -> KafkaSettings: ...
 
-@dataclass(eq=False)
-class KafkaDelivery(Generic[M]):
-    message: M
-    attempt: int
-    _sub: KafkaSubscription[M] = field(repr=False)
-    _tp: TopicPartition = field(repr=False)
-    _record: Record = field(repr=False)
-    _settled: bool = field(default=False, repr=False)
+    def unavailable(self, exc: BaseException) -> BrokerUnavailable: ...
 
-    async def ack(self) -> None:
-        if self._settled:
-            return
-        self._settled = True
-        await self._sub.finish(self._tp, self._record.offset)
+    async def prepare_topics(self, topics: list[str], partitions: int = 1) -> None: ...
 
-    async def nack(self, *, requeue: bool, delay: float = 0.0, reason: str = "") -> None:
-        if self._settled:
-            return
-        self._settled = True
-        sub, record = self._sub, self._record
-        requeue, reason = apply_delivery_limit(
-            requeue, self.attempt, sub.transport.settings.delivery_limit, reason
-        )
-        if sub.group is not None:
-            if requeue:
-                await sub.transport.retry(sub.group, record, self.attempt, delay)
-            else:
-                await sub.transport.dead_letter(sub.group, record, reason or "rejected")
-        await sub.finish(self._tp, record.offset)
+    async def retry(self, group: str, record: Record, attempt: int, delay: float) -> None: ...
 
+    async def dead_letter(self, group: str, record: Record, reason: str) -> None: ...
 
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, sub: KafkaSubscription[Any]) -> None:
-        self.sub = sub
+    def track(self, sub: KafkaSubscription[Task] | KafkaSubscription[Result]) -> None: ...
 
-    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        await self.sub.on_revoked(set(revoked))
-
-    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        await self.sub.on_assigned(set(assigned))
+    def untrack(self, sub: KafkaSubscription[Task] | KafkaSubscription[Result]) -> None: ...
 
 
 class KafkaSubscription(Generic[M]):
+    """:class:`brokers.contract.Subscription` of one group member. ``group`` is the pipeline
+    group of a task subscription (None for a reply channel: no retries, no dead letters)."""
+
     def __init__(
         self,
-        transport: KafkaTransport,
+        host: Host,
         *,
         topics: list[str],
         group_id: str,
@@ -113,7 +74,7 @@ class KafkaSubscription(Generic[M]):
         prefetch: int,
         until_empty: bool,
     ) -> None:
-        self.transport = transport
+        self.host = host
         self.topics = topics
         self.group_id = group_id
         self.group = group
@@ -121,11 +82,10 @@ class KafkaSubscription(Generic[M]):
         self._prefetch = max(1, prefetch)
         self._until_empty = until_empty
         self._consumer: AIOKafkaConsumer | None = None
-        self._tracker: OffsetTracker[TopicPartition] = OffsetTracker()
+        self._commits = PartitionCommits(group_id)
         self._buffer: list[tuple[TopicPartition, Record]] = []
         self._yielded: set[tuple[TopicPartition, int]] = set()
         self._changed = asyncio.Event()
-        self._commit_lock = asyncio.Lock()
         self._revoking = False
         self._started_at = 0.0
         self._closed = False
@@ -156,8 +116,7 @@ class KafkaSubscription(Generic[M]):
     async def _next_due(self) -> KafkaDelivery[M] | None:
         now_ms = time.time() * 1000
         for index, (tp, record) in enumerate(self._buffer):
-            not_before = header(record, names.KAFKA_HEADER_NOT_BEFORE)
-            if not_before is not None and float(not_before) > now_ms:
+            if not is_due(record, now_ms):
                 continue
             del self._buffer[index]
             delivery = await self._wrap(tp, record)
@@ -170,17 +129,18 @@ class KafkaSubscription(Generic[M]):
     async def _fetch(self, room: int) -> bool:
         consumer = self._live()
         batch = await consumer.getmany(timeout_ms=200, max_records=room)
+        tracker = self._commits.tracker
         skipped = False
         for tp, records in batch.items():
             for record in records:
-                self._tracker.fetched(tp, record.offset)
-                if self._targeted(record):
+                tracker.fetched(tp, record.offset)
+                if self.group is None or is_targeted(record, self.group):
                     self._buffer.append((tp, record))
                 else:
-                    self._tracker.done(tp, record.offset)
+                    tracker.done(tp, record.offset)
                     skipped = True
         if skipped:
-            await self._commit()
+            await self._commits.commit()
         return bool(batch)
 
     async def _wait_without_room(self) -> None:
@@ -199,24 +159,16 @@ class KafkaSubscription(Generic[M]):
             finally:
                 consumer.resume(*assigned)
 
-    def _targeted(self, record: Record) -> bool:
-        if self.group is None:
-            return True
-        targets = (header(record, names.KAFKA_HEADER_GROUPS) or b"").decode()
-        return not targets or self.group in targets.split(",")
-
     async def _wrap(self, tp: TopicPartition, record: Record) -> KafkaDelivery[M] | None:
         try:
             message = self._decode(record.value or b"")
         except EnvelopeError as exc:
             log.warning("dead-lettering undecodable record %s@%d: %s", tp, record.offset, exc)
-            if self.group is not None:
-                await self.transport.dead_letter(self.group, record, exc.one_line())
-            self._tracker.done(tp, record.offset)
-            await self._commit()
+            await self.reject(record, exc.one_line())
+            self._commits.tracker.done(tp, record.offset)
+            await self._commits.commit()
             return None
-        before = int(header(record, names.KAFKA_HEADER_ATTEMPT) or b"0")
-        return KafkaDelivery(message, before + 1, self, tp, record)
+        return KafkaDelivery(message, attempt_of(record), self, tp, record)
 
     async def _at_end(self) -> bool:
         consumer = self._live()
@@ -225,50 +177,42 @@ class KafkaSubscription(Generic[M]):
             return False
         if not assigned:
             # Not assigned yet (joining) - or more members than partitions.
-            return time.monotonic() - self._started_at > 3 * self.transport.settings.op_timeout
+            return time.monotonic() - self._started_at > 3 * self.host.settings.op_timeout
         ends = await consumer.end_offsets(list(assigned))
         for tp in assigned:
             if await consumer.position(tp) < ends[tp]:
                 return False
         return True
 
-    # -- settling and committing ------------------------------------------------------------
+    # -- settling (the Settler of brokers.kafka.delivery) -----------------------------------
+
+    @property
+    def delivery_limit(self) -> int:
+        return self.host.settings.delivery_limit
+
+    async def requeue(self, record: Record, attempt: int, delay: float) -> None:
+        if self.group is not None:
+            await self.host.retry(self.group, record, attempt, delay)
+
+    async def reject(self, record: Record, reason: str) -> None:
+        if self.group is not None:
+            await self.host.dead_letter(self.group, record, reason)
 
     async def finish(self, tp: TopicPartition, offset: int) -> None:
         """A yielded record is done: commit as far as is safe."""
         self._yielded.discard((tp, offset))
-        self._tracker.done(tp, offset)
+        self._commits.tracker.done(tp, offset)
         self._changed.set()
         if not self._revoking:
-            await self._commit()
+            await self._commits.commit()
         if self._closed and not self._yielded:
             await self._stop()
 
-    async def _commit(self, only: set[TopicPartition] | None = None) -> None:
-        consumer = self._consumer
-        if consumer is None or self._stopped:
-            return
-        async with self._commit_lock:
-            offsets = {
-                tp: off
-                for tp, off in self._tracker.to_commit().items()
-                if (only is None or tp in only) and tp in consumer.assignment()
-            }
-            if not offsets:
-                return
-            try:
-                await consumer.commit(
-                    {tp: OffsetAndMetadata(off, "") for tp, off in offsets.items()}
-                )
-                self._tracker.committed(offsets)
-            except (CommitFailedError, IllegalStateError) as exc:
-                log.warning(
-                    "commit of %s skipped (%s); the new owner re-reads from the last safe offset",
-                    self.group_id,
-                    exc,
-                )
+    # -- rebalancing (the Rebalanced of brokers.kafka.commits) ------------------------------
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Drop buffered records of ``revoked``, wait (at most ``REVOKE_DRAIN`` s) for their
+        in-flight ones, commit what is safe and forget their bookkeeping."""
         self._revoking = True
         try:
             self._buffer = [(tp, r) for tp, r in self._buffer if tp not in revoked]
@@ -280,29 +224,13 @@ class KafkaSubscription(Generic[M]):
                         await self._changed.wait()
                 except TimeoutError:
                     continue
-            await self._commit(only=revoked)
+            await self._commits.commit(only=revoked)
         finally:
-            self._tracker.forget(revoked)
+            self._commits.tracker.forget(revoked)
             self._revoking = False
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
-        """Pin a new group's start at the earliest offset, so the group exists (and is listed)
-        from its first join and no task published before it is skipped."""
-        consumer = self._consumer
-        if consumer is None or self._stopped:
-            return  # a last assignment while leaving the group
-        async with self._commit_lock:  # never race (and overwrite) a real commit
-            fresh = {}
-            for tp in assigned:
-                if self._tracker.has_committed(tp) or await consumer.committed(tp) is not None:
-                    continue
-                fresh[tp] = (await consumer.beginning_offsets([tp]))[tp]
-            if not fresh:
-                return
-            try:
-                await consumer.commit({tp: OffsetAndMetadata(o, "") for tp, o in fresh.items()})
-            except (CommitFailedError, IllegalStateError) as exc:
-                log.debug("initial commit for %s skipped: %s", self.group_id, exc)
+        await self._commits.pin_start(assigned)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -312,29 +240,22 @@ class KafkaSubscription(Generic[M]):
         return self._consumer
 
     async def _start(self) -> None:
-        await self.transport.prepare_topics(self.topics)
-        s = self.transport.settings
-        consumer = AIOKafkaConsumer(
-            group_id=self.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=self._prefetch,
-            session_timeout_ms=int(s.session_timeout * 1000),
-            max_poll_interval_ms=int(s.max_poll_interval * 1000),
-            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
-            heartbeat_interval_ms=max(int(s.session_timeout * 1000 / 3), 100),
-            **s.client_options(),
-        )
-        consumer.subscribe(self.topics, listener=_Listener(self))
-        self._consumer = consumer  # the assignment callback may run before start() returns
+        await self.host.prepare_topics(self.topics)
+        options = self.host.settings.member_options(self.group_id, prefetch=self._prefetch)
+        consumer = AIOKafkaConsumer(**options)
+        consumer.subscribe(self.topics, listener=RebalanceListener(self))
+        # The assignment callback may run before start() returns.
+        self._consumer = consumer
+        self._commits.attach(consumer)
         try:
             await consumer.start()
         except KafkaError as exc:
             self._consumer = None
+            self._commits.detach()
             await consumer.stop()
-            raise self.transport.unavailable(exc) from exc
+            raise self.host.unavailable(exc) from exc
         self._started_at = time.monotonic()
-        self.transport.track(self)
+        self.host.track(self)
 
     async def aclose(self) -> None:
         """Stop taking records; the member stays in the group (and can commit) until every
@@ -347,6 +268,7 @@ class KafkaSubscription(Generic[M]):
             await self._stop()
 
     async def force_close(self) -> None:
+        """Leave now (the transport is closing): unsettled deliveries are redelivered."""
         self._closed = True
         self._buffer.clear()
         await self._stop()
@@ -355,9 +277,10 @@ class KafkaSubscription(Generic[M]):
         if self._stopped or self._consumer is None:
             self._stopped = True
             return
-        await self._commit()
+        await self._commits.commit()
         self._stopped = True
-        self.transport.untrack(self)
+        self._commits.detach()
+        self.host.untrack(self)
         try:
             await self._consumer.stop()  # leaves the group: partitions move on at once
         except KafkaError as exc:

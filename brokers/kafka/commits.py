@@ -1,0 +1,103 @@
+"""Committing a group member's progress: explicit offsets, per partition, never past unfinished
+work, and never a bare ``commit()``.
+
+:class:`PartitionCommits` commits, for each assigned partition, the lowest offset still in
+flight (:class:`~brokers.kafka.offsets.OffsetTracker`); a ``CommitFailedError`` after a
+rebalance is logged, not raised: the new owner re-reads from the last safe offset
+(at-least-once). :class:`RebalanceListener` forwards aiokafka's rebalance callbacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from typing import Protocol
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
+from aiokafka.structs import OffsetAndMetadata
+
+from brokers.kafka.offsets import OffsetTracker
+
+log = logging.getLogger(__name__)
+
+
+class PartitionCommits:
+    """The offset bookkeeping and commits of one group member (no commits until
+    :meth:`attach`, none after :meth:`detach`)."""
+
+    def __init__(self, group_id: str) -> None:
+        self.group_id = group_id
+        self.tracker: OffsetTracker[TopicPartition] = OffsetTracker()
+        self._lock = asyncio.Lock()
+        self._consumer: AIOKafkaConsumer | None = None
+
+    def attach(self, consumer: AIOKafkaConsumer) -> None:
+        """Commit through ``consumer`` from now on (it is joining its group)."""
+        self._consumer = consumer
+
+    def detach(self) -> None:
+        """The member is leaving: commit nothing more."""
+        self._consumer = None
+
+    async def commit(self, only: set[TopicPartition] | None = None) -> None:
+        """Commit every assigned partition (or those in ``only``) up to its safe offset."""
+        consumer = self._consumer
+        if consumer is None:
+            return
+        async with self._lock:
+            offsets = {
+                tp: off
+                for tp, off in self.tracker.to_commit().items()
+                if (only is None or tp in only) and tp in consumer.assignment()
+            }
+            if not offsets:
+                return
+            try:
+                await consumer.commit(
+                    {tp: OffsetAndMetadata(off, "") for tp, off in offsets.items()}
+                )
+                self.tracker.committed(offsets)
+            except (CommitFailedError, IllegalStateError) as exc:
+                log.warning(
+                    "commit of %s skipped (%s); the new owner re-reads from the last safe offset",
+                    self.group_id,
+                    exc,
+                )
+
+    async def pin_start(self, assigned: set[TopicPartition]) -> None:
+        """Pin a new group's start at the earliest offset, so the group exists (and is listed)
+        from its first join and no task published before it is skipped."""
+        consumer = self._consumer
+        if consumer is None:
+            return  # a last assignment while leaving the group
+        async with self._lock:  # never race (and overwrite) a real commit
+            fresh = {}
+            for tp in assigned:
+                if self.tracker.has_committed(tp) or await consumer.committed(tp) is not None:
+                    continue
+                fresh[tp] = (await consumer.beginning_offsets([tp]))[tp]
+            if not fresh:
+                return
+            try:
+                await consumer.commit({tp: OffsetAndMetadata(o, "") for tp, o in fresh.items()})
+            except (CommitFailedError, IllegalStateError) as exc:
+                log.debug("initial commit for %s skipped: %s", self.group_id, exc)
+
+
+class Rebalanced(Protocol):
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None: ...
+
+    async def on_assigned(self, assigned: set[TopicPartition]) -> None: ...
+
+
+class RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
+    def __init__(self, target: Rebalanced) -> None:
+        self.target = target
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self.target.on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        await self.target.on_assigned(set(assigned))

@@ -1,0 +1,124 @@
+"""Read-only views of a Kafka broker for ``uploader status`` and autoscalers.
+
+``ready`` is a group's lag (records after its committed offsets, retry topic included), which
+on Kafka includes records a member holds but has not finished; ``in_flight`` is unknown;
+``consumers`` is the member count from DescribeGroups; ``dead`` counts the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from brokers import names
+from brokers.contract import DeadLetter, GroupStats
+from brokers.kafka.client import KafkaClient
+from brokers.kafka.records import reason_of
+from pixfleet.envelope import is_group_name
+
+
+class KafkaInspector:
+    """:class:`brokers.contract.Inspector` on Kafka, over a transport's shared client."""
+
+    def __init__(self, client: KafkaClient) -> None:
+        self._client = client
+        self._settings = client.settings
+
+    async def groups(self) -> tuple[str, ...]:
+        prefix = self._settings.namespace
+        listed = await self._client.admin.list_consumer_groups()
+        found = set()
+        for entry in listed:
+            group_id = entry[0]
+            if group_id.startswith(prefix) and is_group_name(group_id[len(prefix) :]):
+                found.add(group_id[len(prefix) :])
+        return tuple(sorted(found))
+
+    async def stats(self, group: str) -> GroupStats:
+        s = self._settings
+        tasks = s.name(names.KAFKA_TASK_TOPIC)
+        retry = s.name(names.kafka_retry_topic(group))
+        dead = s.name(names.kafka_dead_topic(group))
+        consumer = AIOKafkaConsumer(
+            group_id=s.name(group), enable_auto_commit=False, **s.client_options()
+        )
+        await consumer.start()
+        try:
+            ready = await self._lag(consumer, [tasks, retry], committed=True)
+            dead_count = await self._lag(consumer, [dead], committed=False)
+        finally:
+            await consumer.stop()
+        return GroupStats(
+            group,
+            ready=ready,
+            in_flight=None,
+            dead=dead_count,
+            consumers=await self._members(group),
+        )
+
+    async def dead_letters(self, group: str, *, limit: int = 100) -> list[DeadLetter]:
+        topic = self._settings.name(names.kafka_dead_topic(group))
+        consumer = AIOKafkaConsumer(enable_auto_commit=False, **self._settings.client_options())
+        await consumer.start()
+        try:
+            parts = await self._partitions(consumer, topic)
+            tps = [TopicPartition(topic, p) for p in parts]
+            if not tps:
+                return []
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
+            out: list[DeadLetter] = []
+            while len(out) < limit and await _behind(consumer, tps, ends):
+                batch = await consumer.getmany(timeout_ms=500)
+                for records in batch.values():
+                    out.extend(
+                        DeadLetter(body=r.value or b"", reason=reason_of(r)) for r in records
+                    )
+            return out[:limit]
+        finally:
+            await consumer.stop()
+
+    async def _lag(self, consumer: AIOKafkaConsumer, topics: list[str], *, committed: bool) -> int:
+        """Records after the group's committed offsets (or all records, if not ``committed``)."""
+        partitions = []
+        for topic in topics:
+            for p in consumer.partitions_for_topic(topic) or await self._partitions(
+                consumer, topic
+            ):
+                partitions.append(TopicPartition(topic, p))
+        if not partitions:
+            return 0
+        ends = await consumer.end_offsets(partitions)
+        starts = await consumer.beginning_offsets(partitions)
+        total = 0
+        for tp in partitions:
+            done = (await consumer.committed(tp)) if committed else None
+            total += ends[tp] - (done if done is not None else starts[tp])
+        return total
+
+    async def _partitions(self, consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+        if not await self._client.topic_exists(topic):
+            return set()
+        await consumer._client.force_metadata_update()  # aiokafka: no public refresh
+        return consumer.partitions_for_topic(topic) or set()
+
+    async def _members(self, group: str) -> int:
+        described = await self._client.admin.describe_consumer_groups([self._settings.name(group)])
+        count = 0
+        for response in described:
+            for entry in response.groups:
+                state, members = entry[2], entry[5]
+                if state not in ("Dead", "Empty"):
+                    count += len(members)
+        return count
+
+
+async def _behind(
+    consumer: AIOKafkaConsumer, tps: list[TopicPartition], ends: dict[Any, int]
+) -> bool:
+    for tp in tps:
+        if await consumer.position(tp) < ends[tp]:
+            return True
+    return False
