@@ -35,6 +35,7 @@ STORES: dict[str, str] = {
     "": "pixfleet.blobs.file:FileBlobStore",
     "file": "pixfleet.blobs.file:FileBlobStore",
     "memory": "pixfleet.blobs.memory:MemoryBlobStore",
+    "s3": "pixfleet.blobs.s3:S3BlobStore",
 }
 
 
