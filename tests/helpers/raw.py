@@ -20,21 +20,7 @@ async def inject_raw(url: str, group: str, body: bytes) -> None:
             queue.close()
         return
     if scheme in ("amqp", "amqps"):
-        from aio_pika import DeliveryMode, Message  # noqa: PLC0415
-        from aio_pika.abc import AbstractChannel  # noqa: PLC0415
-
-        from brokers.amqp.transport import AmqpTransport  # noqa: PLC0415
-
-        async with AmqpTransport.from_url(url) as transport:
-
-            async def op(channel: AbstractChannel) -> None:
-                await transport.declare_group(channel, group)
-                await channel.default_exchange.publish(
-                    Message(body, delivery_mode=DeliveryMode.PERSISTENT),
-                    routing_key=names.amqp_group_queue(group),
-                )
-
-            await transport.run(op)
+        await _inject_amqp(url, group, body)
         return
     if scheme == "kafka":
         from brokers.kafka.transport import KafkaTransport  # noqa: PLC0415
@@ -43,3 +29,24 @@ async def inject_raw(url: str, group: str, body: bytes) -> None:
             await transport.send_raw(body, groups=(group,))
         return
     raise AssertionError(f"no raw injector for {scheme}")
+
+
+async def _inject_amqp(url: str, group: str, body: bytes) -> None:
+    from aio_pika import DeliveryMode, Message  # noqa: PLC0415 - only for amqp runs
+    from aio_pika.abc import AbstractChannel  # noqa: PLC0415
+
+    from brokers.amqp.channels import AmqpChannels  # noqa: PLC0415
+    from brokers.amqp.connection import AmqpConnection  # noqa: PLC0415
+    from brokers.amqp.settings import AmqpSettings  # noqa: PLC0415
+
+    async with AmqpConnection(AmqpSettings.from_url(url)) as connection:
+        channels = AmqpChannels(connection)
+        await channels.prepare_queue(names.amqp_group_queue(group), group)
+
+        async def op(channel: AbstractChannel) -> None:
+            await channel.default_exchange.publish(
+                Message(body, delivery_mode=DeliveryMode.PERSISTENT),
+                routing_key=names.amqp_group_queue(group),
+            )
+
+        await channels.with_channel(op)
