@@ -30,7 +30,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from brokers import open_transport
+from brokers import Transport, open_transport
 from consumers.pipelines.base import Limits
 from consumers.pipelines.thumbs import run as thumbs
 from pixfleet.blobs import store_upload
@@ -110,29 +110,33 @@ def _ppid(stat: Path) -> int:
         return -1
 
 
-async def fleet(url: str, blobs_dir: Path, images: list[bytes], workers: int) -> dict[str, float]:
+def start_workers(url: str, blobs_dir: Path, workers: int) -> list[subprocess.Popen[bytes]]:
     env = dict(
         os.environ, PYTHONPATH=str(REPO), PIXFLEET_BROKER=url, PIXFLEET_BLOBS=blobs_dir.as_uri()
     )
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "consumers",
-                "run",
-                "-g",
-                "thumbs",
-                "-c",
-                "1",
-                "--log-level",
-                "warning",
-            ],
-            cwd=REPO,
-            env=env,
-        )
+    argv = [sys.executable, "-m", "consumers", "run", "-g", "thumbs", "-c", "1"]
+    return [
+        subprocess.Popen([*argv, "--log-level", "warning"], cwd=REPO, env=env)
         for _ in range(workers)
     ]
+
+
+async def await_latencies(transport: Transport, channel: str, tasks: list[Task]) -> list[float]:
+    """Milliseconds from each task's creation to its result, in arrival order."""
+    created = {t.id: t.created_at for t in tasks}
+    latencies: list[float] = []
+    async with aclosing(transport.replies(channel)) as it:
+        async for delivery in it:
+            await delivery.ack()
+            lag = datetime.now(UTC) - created[delivery.message.task_id]
+            latencies.append(lag.total_seconds() * 1000)
+            if len(latencies) == len(tasks):
+                break
+    return latencies
+
+
+async def fleet(url: str, blobs_dir: Path, images: list[bytes], workers: int) -> dict[str, float]:
+    procs = start_workers(url, blobs_dir, workers)
     store = FileBlobStore(blobs_dir)
     try:
         async with open_transport(url) as transport:
@@ -144,16 +148,7 @@ async def fleet(url: str, blobs_dir: Path, images: list[bytes], workers: int) ->
             tasks = [Task.new(ref, groups=("thumbs",), reply_to=channel) for ref in refs]
             for task in tasks:
                 await transport.publish(task)
-            latencies = []
-            async with aclosing(transport.replies(channel)) as it:
-                async for delivery in it:
-                    await delivery.ack()
-                    lag = datetime.now(UTC) - next(
-                        t.created_at for t in tasks if t.id == delivery.message.task_id
-                    )
-                    latencies.append(lag.total_seconds() * 1000)
-                    if len(latencies) == len(tasks):
-                        break
+            latencies = await await_latencies(transport, channel, tasks)
             elapsed = time.perf_counter() - started
             rss = max(tree_rss_kb(p.pid) for p in procs)
     finally:
@@ -195,6 +190,18 @@ def main() -> None:
         f"\n{args.images} images {width}x{height} JPEG -> {len(SIZES)} sizes x JPEG+WebP; "
         f"{cores} cores, {args.workers} workers\n"
     )
+    report(naive_rate, thumbs_rate, msg_rate, fleet_stats, self_rss, args.workers)
+
+
+def report(
+    naive_rate: float,
+    thumbs_rate: float,
+    msg_rate: float,
+    f: dict[str, float],
+    self_rss: float,
+    workers: int,
+) -> None:
+    cores = os.cpu_count() or 1
     print(
         f"{'row':<22}{'rate':>16}{'per core':>12}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
         f"{'peak RSS':>11}"
@@ -205,15 +212,14 @@ def main() -> None:
     )
     print(f"{'thumbs pipeline (1)':<22}{thumbs_rate:>12.1f} i/s{thumbs_rate:>12.1f}")
     print(f"{'sqlite transport':<22}{msg_rate:>12.0f} m/s")
-    f = fleet_stats
     print(
         f"{'fleet end-to-end':<22}{f['rate']:>12.1f} i/s{f['rate'] / cores:>12.1f}"
         f"{f['p50']:>9.0f}{f['p95']:>9.0f}{f['p99']:>9.0f}{f['rss_mb']:>8.0f} MB"
     )
     print(f"\nthumbs / naive (one decode + draft): {thumbs_rate / naive_rate:.2f}x")
     print(
-        f"fleet / (thumbs x {args.workers} workers): "
-        f"{f['rate'] / (thumbs_rate * args.workers):.2f} (scaling efficiency incl. broker)"
+        f"fleet / (thumbs x {workers} workers): "
+        f"{f['rate'] / (thumbs_rate * workers):.2f} (scaling efficiency incl. broker)"
     )
 
 

@@ -86,5 +86,5 @@ def test_json_schema_accepts_real_envelopes_and_rejects_bad_ones() -> None:
 def test_models_are_frozen() -> None:
     task = make_task("thumbs")
     with pytest.raises(ValueError, match="frozen"):
-        task.id = "other"  # type: ignore[misc]
+        task.id = "other"  # type: ignore[misc]  # assigning to a frozen field is the point
     assert isinstance(task, Task) and not isinstance(task, Result)

@@ -16,7 +16,7 @@ from contextlib import aclosing
 import pytest
 
 from brokers import open_transport
-from brokers.contract import Delivery
+from brokers.contract import Delivery, TaskQueue
 from pixfleet.envelope import Result, Task, decode_task
 from pixfleet.errors import Unroutable
 from tests.conftest import BrokerUnderTest
@@ -26,11 +26,11 @@ from tests.helpers.tasks import make_result, make_task, unique
 WAIT = 15.0
 
 
-async def drain(transport: object, group: str, *, ack: bool = True) -> list[Delivery[Task]]:
+async def drain(transport: TaskQueue, group: str, *, ack: bool = True) -> list[Delivery[Task]]:
     """Consume everything ready in ``group`` (acking each unless told otherwise)."""
     got: list[Delivery[Task]] = []
     async with asyncio.timeout(WAIT):
-        async with aclosing(transport.consume(group, prefetch=64, until_empty=True)) as it:  # type: ignore[attr-defined]
+        async with aclosing(transport.consume(group, prefetch=64, until_empty=True)) as it:
             async for delivery in it:
                 got.append(delivery)
                 if ack:
