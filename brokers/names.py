@@ -5,8 +5,10 @@ Transports import their names from here; nothing else in the code base knows bro
 
 from __future__ import annotations
 
-#: Reply channel that receives every result nobody waits for (durable).
-DEFAULT_RESULTS = "results"
+from pixfleet.envelope import DEFAULT_REPLY_TO
+
+#: Reply channel that receives every result nobody waits for (durable); the envelope's default.
+DEFAULT_RESULTS = DEFAULT_REPLY_TO
 #: Prefix of private reply channels made by ``uploader enqueue --wait``.
 PRIVATE_REPLY_PREFIX = "reply."
 #: Default pipeline group targeted by the uploader.

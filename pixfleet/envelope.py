@@ -30,6 +30,8 @@ from pydantic import (
 from pixfleet.errors import EnvelopeError, EnvelopeVersionError
 
 SCHEMA_VERSION: Final = 1
+#: The reply channel of a task that names none (``brokers.names.DEFAULT_RESULTS`` is this).
+DEFAULT_REPLY_TO: Final = "results"
 
 #: Group names become queue names and Kafka group ids: keep them boring.
 GROUP_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
@@ -76,7 +78,7 @@ class Task(_Frozen):
     blob: BlobRef
     filename: Annotated[str, StringConstraints(max_length=255)] = ""
     params: dict[str, JsonValue] = Field(default_factory=dict)
-    reply_to: Ident = "results"
+    reply_to: Ident = DEFAULT_REPLY_TO
     correlation_id: Ident
     attempt: Annotated[int, Field(ge=1)] = 1
     deadline: datetime | None = None
@@ -90,7 +92,7 @@ class Task(_Frozen):
         groups: tuple[str, ...] = (),
         filename: str = "",
         params: dict[str, JsonValue] | None = None,
-        reply_to: str = "results",
+        reply_to: str = DEFAULT_REPLY_TO,
         correlation_id: str | None = None,
         deadline: datetime | None = None,
     ) -> Task:
