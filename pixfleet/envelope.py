@@ -95,9 +95,11 @@ class Task(_Frozen):
         reply_to: str = DEFAULT_REPLY_TO,
         correlation_id: str | None = None,
         deadline: datetime | None = None,
+        task_id: str | None = None,
     ) -> Task:
-        """Build a task with a fresh id; the correlation id defaults to the task id."""
-        task_id = uuid.uuid4().hex
+        """Build a task; ``task_id`` (an idempotency key) defaults to a fresh id, the
+        correlation id to the task id."""
+        task_id = task_id or uuid.uuid4().hex
         return cls(
             id=task_id,
             created_at=datetime.now(UTC),
