@@ -34,11 +34,15 @@ from pydantic import JsonValue
 from brokers.contract import Delivery, ReplyChannels, Subscription, TaskQueue
 from brokers.names import DEFAULT_GROUP, DEFAULT_RESULTS
 from pixfleet.blobs import BlobStore, store_upload
-from pixfleet.envelope import Result, Task, is_group_name
+from pixfleet.envelope import BlobRef, Result, Task, is_group_name
 from pixfleet.errors import ConfigError, ResultTimeout
+from pixfleet.records import read_result, record_task
 from producer.inspect import Candidate
 
 log = logging.getLogger(__name__)
+
+#: Seconds between looks at the completion records while waiting for replies.
+RECORD_POLL = 2.0
 
 
 @dataclass(frozen=True)
@@ -109,25 +113,39 @@ class Submission:
         """Every task submitted so far, in order."""
         return tuple(self._tasks)
 
-    async def submit(self, candidate: Candidate) -> Task:
-        """Store the bytes (content-addressed, idempotent), then publish one task (durable).
+    async def submit(self, candidate: Candidate, *, task_id: str | None = None) -> Task:
+        """Store the bytes (content-addressed, idempotent), then submit them as one task.
 
         Raises the store's :class:`~pixfleet.errors.BlobError` or the queue's
         :class:`~pixfleet.errors.BrokerError`; nothing is published if storing failed."""
-        reply_to = self.reply_to
         ref = await store_upload(self._store, candidate.data, candidate.content_type)
+        return await self.submit_stored(ref, candidate.filename, task_id=task_id)
+
+    async def submit_stored(
+        self, ref: BlobRef, filename: str, *, task_id: str | None = None
+    ) -> Task:
+        """Record and publish one task for bytes already in the store (the HTTP ingress
+        streams them in itself).
+
+        ``task_id`` is an idempotency key: a task id submitted before keeps its first record,
+        and the republished task is answered from the completion record instead of running
+        twice (workers check it), so a client retry never makes a second result."""
         ttl = self.options.ttl
         task = Task.new(
             ref,
             groups=self.options.groups,
-            filename=candidate.filename,
+            filename=filename,
             params=self.options.params,
-            reply_to=reply_to,
+            reply_to=self.reply_to,
             deadline=datetime.now(UTC) + timedelta(seconds=ttl) if ttl is not None else None,
+            task_id=task_id,
         )
+        recorded = await record_task(self._store, task)
+        if recorded.id == task.id and recorded is not task:
+            log.info("task %s was submitted before; publishing it again", task.id)
         await self._queue.publish(task)
         self._tasks.append(task)
-        log.debug("submitted %s as task %s", candidate.filename, task.id)
+        log.debug("submitted %s as task %s", filename, task.id)
         return task
 
     async def results(self, *, timeout: float) -> AsyncGenerator[Result, None]:
@@ -143,21 +161,45 @@ class Submission:
         pending = {(t.id, g) for t in self._tasks for g in t.groups} - self._reported
         total = len(pending)
         deadline = asyncio.get_running_loop().time() + timeout
+        look = True  # at the records: first, then whenever the channel was quiet a while
         async with aclosing(self._replies.replies(self.reply_to)) as deliveries:
             while pending:
-                delivery = await _next_before(deliveries, deadline)
+                if look:
+                    for result in await self._recorded(pending):
+                        yield result
+                    if not pending:
+                        break
+                poll = min(deadline, asyncio.get_running_loop().time() + RECORD_POLL)
+                delivery = await _next_before(deliveries, poll)
+                look = delivery is None
                 if delivery is None:
+                    if asyncio.get_running_loop().time() < deadline:
+                        continue
                     raise ResultTimeout(
                         f"{len(pending)} of {total} result(s) did not arrive within {timeout:g} s"
                         " (late results go to the default results channel: `uploader results`)"
                     )
                 await delivery.ack()  # duplicates and strays too: each pair is reported once
-                result = delivery.message
-                key = (result.task_id, result.group)
-                if key in pending:
-                    pending.discard(key)
-                    self._reported.add(key)
-                    yield result
+                if self._take(delivery.message, pending):
+                    yield delivery.message
+
+    async def _recorded(self, pending: set[tuple[str, str]]) -> list[Result]:
+        """Results already in the completion records (a task id submitted before, whose reply
+        went to an earlier waiter), taken out of ``pending``."""
+        found = []
+        for task_id, group in sorted(pending):
+            result = await read_result(self._store, task_id, group)
+            if result is not None and self._take(result, pending):
+                found.append(result)
+        return found
+
+    def _take(self, result: Result, pending: set[tuple[str, str]]) -> bool:
+        key = (result.task_id, result.group)
+        if key not in pending:
+            return False
+        pending.discard(key)
+        self._reported.add(key)
+        return True
 
     async def collect(
         self, *, timeout: float, on_result: Callable[[Result], None] | None = None

@@ -13,6 +13,7 @@ import pytest
 
 from brokers import Transport, open_transport
 from brokers.names import DEFAULT_RESULTS
+from pixfleet import records
 from pixfleet.blobs import upload_key
 from pixfleet.blobs.memory import MemoryBlobStore
 from pixfleet.envelope import Task
@@ -109,3 +110,24 @@ async def test_a_submission_that_does_not_wait_replies_to_the_default_channel(
 def test_invalid_options_are_config_errors(options: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
         SubmitOptions(**options)  # type: ignore[arg-type]  # deliberately untyped bad input
+
+
+async def test_a_resubmitted_task_id_is_answered_from_the_completion_record(
+    broker: BrokerUnderTest,
+) -> None:
+    store, group = MemoryBlobStore(), unique()
+    options = SubmitOptions(groups=(group,), wait=True)
+    async with open_transport(broker.url) as transport:
+        async with Submission(
+            queue=transport, replies=transport, store=store, options=options
+        ) as first:
+            task = await first.submit(_candidate(5), task_id="client-key-1")
+        assert task.id == "client-key-1"
+        await records.record_result(store, make_result(task, group))  # a worker finished it
+        async with Submission(
+            queue=transport, replies=transport, store=store, options=options
+        ) as again:
+            retry = await again.submit(_candidate(5), task_id="client-key-1")
+            [result] = await again.collect(timeout=10)
+    assert retry.id == task.id and result.task_id == task.id
+    assert await records.read_task(store, task.id) == task  # the first submission's record
