@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -71,7 +72,7 @@ class Task(_Frozen):
 
     v: Literal[1] = SCHEMA_VERSION
     id: Ident = Field(description="Unique, stable across redeliveries; output keys derive from it")
-    created_at: datetime
+    created_at: AwareDatetime
     groups: tuple[GroupName, ...] = Field(
         default=(), description="Target groups; empty means every subscribed group"
     )
@@ -81,7 +82,7 @@ class Task(_Frozen):
     reply_to: Ident = DEFAULT_REPLY_TO
     correlation_id: Ident
     attempt: Annotated[int, Field(ge=1)] = 1
-    deadline: datetime | None = None
+    deadline: AwareDatetime | None = None
     trace: TraceParent | None = None
 
     @classmethod
@@ -166,17 +167,25 @@ def encode(message: Task | Result) -> bytes:
     return message.model_dump_json().encode()
 
 
+#: Largest envelope body accepted, checked before parsing (a task is a few hundred bytes).
+MAX_BODY_BYTES: Final = 256 * 1024
+
+
 def _check_version(body: bytes | str) -> None:
+    if len(body) > MAX_BODY_BYTES:
+        raise EnvelopeError(f"body of {len(body)} bytes exceeds the limit of {MAX_BODY_BYTES}")
     try:
         obj: Any = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise EnvelopeError(f"not valid JSON: {exc}") from exc
+    except (ValueError, UnicodeDecodeError, RecursionError, MemoryError) as exc:
+        # RecursionError: deeply nested JSON is hostile, never a crash of the consumer.
+        raise EnvelopeError(f"not valid JSON: {type(exc).__name__}: {str(exc)[:200]}") from None
     if not isinstance(obj, dict):
         raise EnvelopeError(f"expected a JSON object, got {type(obj).__name__}")
     version = obj.get("v")
     if version != SCHEMA_VERSION:
         raise EnvelopeVersionError(
-            f"unsupported schema version v={version!r} (this worker understands v={SCHEMA_VERSION})"
+            f"unsupported schema version v={str(version)[:20]!r} "
+            f"(this worker understands v={SCHEMA_VERSION})"
         )
 
 
@@ -196,6 +205,8 @@ def decode_task(body: bytes | str) -> Task:
         return Task.model_validate_json(body)
     except ValidationError as exc:
         raise EnvelopeError(f"invalid task: {_describe(exc)}") from exc
+    except (ValueError, RecursionError, MemoryError) as exc:
+        raise EnvelopeError(f"invalid task: {type(exc).__name__}") from None
 
 
 def decode_result(body: bytes | str) -> Result:
@@ -205,3 +216,5 @@ def decode_result(body: bytes | str) -> Result:
         return Result.model_validate_json(body)
     except ValidationError as exc:
         raise EnvelopeError(f"invalid result: {_describe(exc)}") from exc
+    except (ValueError, RecursionError, MemoryError) as exc:
+        raise EnvelopeError(f"invalid result: {type(exc).__name__}") from None

@@ -88,3 +88,26 @@ def test_models_are_frozen() -> None:
     with pytest.raises(ValueError, match="frozen"):
         task.id = "other"  # type: ignore[misc]  # assigning to a frozen field is the point
     assert isinstance(task, Task) and not isinstance(task, Result)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 5000 + b"]" * 5000,  # deeply nested: RecursionError must not escape
+        b'{"v": 1, "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        b"\xff\xfe not utf-8",
+        b"x" * (300 * 1024),  # over the body cap, refused before parsing
+        b'{"v": "' + b"9" * 5000 + b'"}',
+    ],
+)
+def test_hostile_bodies_are_envelope_errors(body: bytes) -> None:
+    with pytest.raises(EnvelopeError):
+        decode_task(body)
+    with pytest.raises(EnvelopeError):
+        decode_result(body)
+
+
+def test_naive_datetimes_are_refused() -> None:
+    data = _task_dict(deadline="2030-01-01T00:00:00")
+    with pytest.raises(EnvelopeError, match="deadline"):
+        decode_task(json.dumps(data))
