@@ -24,10 +24,31 @@ def default_blobs_url() -> str:
 
 
 def redact(url: str) -> str:
-    """Drop the password from ``scheme://user:password@host`` for logs and messages."""
+    """Drop the password from ``scheme://user:password@host/...`` for logs and messages.
+
+    The one redaction helper for every URL in an error or a log line. It copes with what users
+    really type: unencoded ``@``, ``/`` or ``:`` inside the password."""
     scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest.split("/", 1)[0]:
+    if not sep:
         return url
-    userinfo, _, hostpart = rest.partition("@")
-    user = userinfo.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{hostpart}" if ":" in userinfo else url
+    at = _userinfo_end(rest)
+    if at < 0:
+        return url
+    userinfo, hostpart = rest[:at], rest[at + 1 :]
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}://{user}:***@{hostpart}" if colon else url
+
+
+def _userinfo_end(rest: str) -> int:
+    """Index of the ``@`` that ends the userinfo of ``rest`` (after ``scheme://``), or -1."""
+    authority_end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    at = rest.rfind("@", 0, authority_end)
+    if at >= 0:
+        return at
+    first_at = rest.find("@")
+    # A password with an unencoded '/' (or '?', '#'): "user:pa/ss@host/..." - unlike a port,
+    # what follows the ':' is not all digits. Redacting too much is safe; too little is not.
+    after_colon = rest[:authority_end].partition(":")[2]
+    if first_at > 0 and after_colon and not after_colon.isdigit():
+        return rest.rfind("@", 0, rest.find("/", first_at) if "/" in rest[first_at:] else None)
+    return -1
