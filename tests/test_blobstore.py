@@ -5,7 +5,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from collections.abc import AsyncIterator
+import resource
+import shutil
+import stat
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 
 import pytest
@@ -150,3 +156,66 @@ def test_store_urls(tmp_path: Path) -> None:
     for bad in ("gopher://bucket/prefix", "file://otherhost/x", "memory://x"):
         with pytest.raises(InvalidURL):
             open_blobstore(bad)
+
+
+async def _timed_error(coro: Awaitable[object], error: type[Exception]) -> float:
+    started = time.monotonic()
+    with pytest.raises(error):
+        await asyncio.wait_for(coro, timeout=5)
+    return time.monotonic() - started
+
+
+async def test_hostile_files_in_the_store_are_typed_errors_at_once(tmp_path: Path) -> None:
+    store = FileBlobStore(tmp_path / "blobs")
+    ref = await store_upload(store, b"real bytes", "image/png")
+    path = store.path_for_key(ref.uri)
+    path.unlink()
+    os.mkfifo(path)  # a FIFO would block a plain open() forever
+    assert await _timed_error(store.get(ref), BlobKeyError) < 1
+    assert await _timed_error(store.read(ref.uri), BlobKeyError) < 1
+    path.unlink()
+    with open(path, "wb") as fh:  # 3 GiB sparse: refused from its size, never read
+        fh.truncate(3 << 30)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert await _timed_error(store.get(ref), BlobIntegrityError) < 1
+    assert await _timed_error(store.read(ref.uri), BlobIntegrityError) < 1
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 64 * 1024  # KiB
+    path.unlink()
+    (tmp_path / "elsewhere").write_bytes(b"real bytes")
+    path.symlink_to(store.root / "uploads")  # a link, even one inside the root
+    assert await _timed_error(store.get(ref), BlobKeyError) < 1
+
+
+def test_stored_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        store = FileBlobStore(tmp_path / "blobs")
+        ref = asyncio.run(store_upload(store, b"secret photo", "image/jpeg"))
+    finally:
+        os.umask(old)
+    path = store.path_for_key(ref.uri)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    for directory in (store.root, path.parent):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    if os.geteuid() != 0:
+        return  # the second-uid check below needs root to become another user
+    shared = Path(tempfile.mkdtemp(dir="/tmp"))  # /tmp is reachable by every user
+    try:
+        shared.chmod(0o755)
+        store = FileBlobStore(shared / "blobs")
+        ref = asyncio.run(store_upload(store, b"secret photo", "image/jpeg"))
+        path = store.path_for_key(ref.uri)
+        assert not _readable_by_nobody(store.root)  # the tree is closed...
+        for directory in (path.parent, *path.parent.parents):
+            if directory == shared:
+                break
+            directory.chmod(0o755)
+        assert _readable_by_nobody(path.parent)  # ...and, opened up, the file still is
+        assert not _readable_by_nobody(path)
+    finally:
+        shutil.rmtree(shared)
+
+
+def _readable_by_nobody(path: Path) -> bool:
+    argv = ["ls", str(path)] if path.is_dir() else ["cat", str(path)]
+    return subprocess.run(argv, user=65534, capture_output=True, check=False).returncode == 0

@@ -11,8 +11,10 @@ blob and a failed write leaves no ``.tmp`` file behind.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
+import stat
 import uuid
 from collections.abc import AsyncIterable, Callable
 from pathlib import Path
@@ -22,10 +24,19 @@ from urllib.parse import unquote, urlsplit
 from pixfleet.blobs.keys import check_key, upload_key, verify
 from pixfleet.blobs.protocol import StoredBlob
 from pixfleet.envelope import BlobRef
-from pixfleet.errors import BlobKeyError, BlobNotFound, BlobUnavailable, InvalidURL
+from pixfleet.errors import (
+    BlobIntegrityError,
+    BlobKeyError,
+    BlobNotFound,
+    BlobUnavailable,
+    InvalidURL,
+)
+from pixfleet.images import MAX_BYTES
 
 T = TypeVar("T")
-_STAGING = ".staging"  # inside the root, so a rename never crosses file systems
+_STAGING = ".staging"
+#: Largest blob a plain :meth:`FileBlobStore.read` returns (outputs and records are far smaller).
+MAX_READ = 2 * MAX_BYTES  # inside the root, so a rename never crosses file systems
 
 
 class FileBlobStore:
@@ -52,9 +63,12 @@ class FileBlobStore:
 
     def path_for_key(self, key: str) -> Path:
         """The file of ``key``; raises :class:`BlobKeyError` if it would leave the root."""
-        path = (self.root / check_key(key)).resolve()
+        lexical = self.root / check_key(key)
+        path = lexical.resolve()
         if not path.is_relative_to(self.root) or path == self.root:
             raise BlobKeyError(f"blob key {key!r} escapes the store root")
+        if path != lexical:
+            raise BlobKeyError(f"blob key {key!r} passes through a symbolic link")
         return path
 
     def url_for(self, key: str) -> str:
@@ -87,10 +101,10 @@ class FileBlobStore:
         return StoredBlob(key, digest.hexdigest(), size)
 
     async def read(self, key: str) -> bytes:
-        return await _io(_read, self.path_for_key(key), key)
+        return await _io(_read, self.path_for_key(key), key, None)
 
     async def get(self, ref: BlobRef) -> bytes:
-        data = await self.read(ref.uri)
+        data = await _io(_read, self.path_for_key(ref.uri), ref.uri, ref.size)
         return verify(ref.uri, data, sha256=ref.sha256, size=ref.size)
 
     async def exists(self, key: str) -> bool:
@@ -125,8 +139,25 @@ class FileBlobStore:
 
 
 def _open_new(path: Path) -> BinaryIO:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return open(path, "xb")
+    """A new file readable by its owner only (0600, whatever the umask)."""
+    _make_private_dirs(path.parent)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "wb")
+
+
+def _make_private_dirs(directory: Path) -> None:
+    """Create ``directory`` and its missing parents with mode 0700, whatever the umask."""
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for new in reversed(missing):
+        try:
+            os.mkdir(new, 0o700)
+        except FileExistsError:
+            continue
+        os.chmod(new, 0o700)
 
 
 def _fsync_file(fh: BinaryIO) -> None:
@@ -137,7 +168,7 @@ def _fsync_file(fh: BinaryIO) -> None:
 def _publish_file(tmp: Path, path: Path, place: Callable[[Path, Path], None]) -> None:
     """Move (``os.replace``) or link (``os.link``: fails if ``path`` exists) ``tmp`` into place,
     then fsync the directory so the name survives a crash."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_private_dirs(path.parent)
     place(tmp, path)
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -146,15 +177,43 @@ def _publish_file(tmp: Path, path: Path, place: Callable[[Path, Path], None]) ->
         os.close(dir_fd)
 
 
-def _read(path: Path, key: str) -> bytes:
+def _read(path: Path, key: str, size: int | None) -> bytes:
+    """The bytes of a regular file, read safely: no symlink is followed, a FIFO or device never
+    blocks (it is refused), and at most ``size`` (or :data:`MAX_READ`) + 1 bytes are read, so a
+    huge or growing file cannot exhaust memory. A size that differs from ``size`` is a
+    :class:`BlobIntegrityError` before anything is read."""
     try:
-        return path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError as exc:
         raise BlobNotFound(f"blob not found: {key}") from exc
-    except IsADirectoryError as exc:
-        raise BlobKeyError(f"blob key names a directory: {key}") from exc
     except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EISDIR):
+            raise BlobKeyError(f"blob key {key} is not a regular file") from exc
         raise BlobUnavailable(f"cannot read blob {key}: {exc.strerror or exc}") from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise BlobKeyError(f"blob key {key} is not a regular file")
+        limit = MAX_READ if size is None else size
+        if (size is not None and st.st_size != size) or st.st_size > limit:
+            raise BlobIntegrityError(f"blob {key} has {st.st_size} bytes, expected {limit} at most")
+        data = _read_at_most(fd, limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise BlobIntegrityError(f"blob {key} grew past {limit} bytes while being read")
+    return data
+
+
+def _read_at_most(fd: int, limit: int) -> bytes:
+    parts, total = [], 0
+    while total < limit:
+        part = os.read(fd, min(1 << 20, limit - total))
+        if not part:
+            break
+        parts.append(part)
+        total += len(part)
+    return b"".join(parts)
 
 
 async def _io(fn: Callable[..., T], *args: object) -> T:
