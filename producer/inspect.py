@@ -12,7 +12,9 @@ ingress (on an uploaded body) refuse the same things with the same messages.
 from __future__ import annotations
 
 import io
+import logging
 import os
+import stat
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -28,6 +30,8 @@ from pixfleet.errors import (
     InputUnreadable,
 )
 from pixfleet.images import MAX_BYTES, ImageTooLarge, Limits
+
+log = logging.getLogger(__name__)
 
 _MAGIC: tuple[tuple[bytes, int, str], ...] = (
     (b"\xff\xd8\xff", 0, "image/jpeg"),
@@ -64,17 +68,26 @@ def sniff(head: bytes) -> str | None:
     return None
 
 
-def expand(paths: Iterable[Path]) -> Iterator[Path]:
-    """Files as given, directories recursively (sorted, hidden entries skipped)."""
+def expand(paths: Iterable[Path], *, follow_links: bool = False) -> Iterator[Path]:
+    """Files as given, directories recursively (sorted, hidden entries skipped).
+
+    Inside a directory, a symbolic link that leads out of it is skipped (with a warning) unless
+    ``follow_links``: enqueueing a directory never reads files it does not hold."""
     for path in paths:
-        if path.is_dir():
-            for root, dirs, files in os.walk(path):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                for name in sorted(files):
-                    if not name.startswith("."):
-                        yield Path(root) / name
-        else:
+        if not path.is_dir():
             yield path
+            continue
+        top = path.resolve()
+        for root, dirs, files in os.walk(path, followlinks=follow_links):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(files):
+                entry = Path(root) / name
+                if name.startswith("."):
+                    continue
+                if not follow_links and not entry.resolve().is_relative_to(top):
+                    log.warning("%s: skipped, a symbolic link out of %s", entry, path)
+                    continue
+                yield entry
 
 
 def vet(data: bytes, filename: str, *, limits: Limits | None = None) -> Candidate:
@@ -105,26 +118,42 @@ def vet(data: bytes, filename: str, *, limits: Limits | None = None) -> Candidat
 
 
 def read_file(path: Path, max_bytes: int = MAX_BYTES) -> bytes:
-    """The bytes of a regular, non-empty file of at most ``max_bytes`` (checked before reading).
+    """The bytes of a regular, non-empty file of at most ``max_bytes``, read safely: a FIFO or
+    device is refused without blocking, the size is checked before reading, and at most
+    ``max_bytes`` + 1 bytes are read (a file swapped or grown mid-read cannot get past it).
 
     Raises :class:`~pixfleet.errors.InputMissing`, :class:`~pixfleet.errors.InputUnreadable`,
     :class:`~pixfleet.errors.InputEmpty` or :class:`~pixfleet.errors.InputTooLarge`.
     """
     try:
-        size = path.stat().st_size
-        if not path.is_file():
-            raise InputUnreadable(f"{path}: not a regular file")
-        if size == 0:
-            raise InputEmpty(f"{path}: file is empty (0 bytes)")
-        if size > max_bytes:
-            raise InputTooLarge(f"{path}: {size} bytes exceeds the limit of {max_bytes}")
-        return path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError as exc:
         raise InputMissing(f"{path}: no such file") from exc
     except PermissionError as exc:
         raise InputUnreadable(f"{path}: permission denied") from exc
     except OSError as exc:
         raise InputUnreadable(f"{path}: {exc.strerror or exc}") from exc
+    try:
+        return _read_regular(path, fd, max_bytes)
+    finally:
+        os.close(fd)
+
+
+def _read_regular(path: Path, fd: int, max_bytes: int) -> bytes:
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise InputUnreadable(f"{path}: not a regular file")
+    if st.st_size == 0:
+        raise InputEmpty(f"{path}: file is empty (0 bytes)")
+    if st.st_size > max_bytes:
+        raise InputTooLarge(f"{path}: {st.st_size} bytes exceeds the limit of {max_bytes}")
+    with os.fdopen(os.dup(fd), "rb") as fh:
+        data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise InputTooLarge(f"{path}: grew past the limit of {max_bytes} bytes while being read")
+    if not data:
+        raise InputEmpty(f"{path}: file is empty (0 bytes)")
+    return data
 
 
 def _base_name(filename: str) -> str:
