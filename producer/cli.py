@@ -31,6 +31,7 @@ from pixfleet.settings import ENV_BLOBS, ENV_BROKER, default_blobs_url, default_
 from producer import inspect
 from producer.render import Locate, result_line, stats_header, stats_line
 from producer.samples import write_samples
+from producer.serve import serve_cmd
 from producer.submission import Submission, SubmitOptions
 
 app = typer.Typer(
@@ -48,6 +49,9 @@ DebugOpt = typer.Option(False, "--debug", help="Print tracebacks.")
 @app.callback()
 def _root() -> None:
     """pixfleet uploader."""
+
+
+app.command("serve")(serve_cmd)
 
 
 def _parse_params(pairs: list[str]) -> dict[str, JsonValue]:

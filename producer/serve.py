@@ -1,0 +1,129 @@
+"""``uploader serve``: the HTTP ingress (API, live results, web page) on uvicorn.
+
+One process = one stateless instance; run as many as you like behind a load balancer, all with
+the same ``--broker`` and ``--blobs``. SIGTERM (or Ctrl-C) drains: the listening socket closes,
+``/readyz`` turns 503, open event streams end (clients reconnect elsewhere), uploads in flight
+finish (up to ``--drain-timeout`` seconds), then the process exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+from dataclasses import dataclass
+from types import FrameType
+
+import typer
+import uvicorn
+from fastapi import FastAPI
+
+from brokers import open_transport
+from brokers.names import DEFAULT_GROUP
+from pixfleet.blobs import open_blobstore
+from pixfleet.errors import ConfigError
+from pixfleet.images import MAX_BYTES, MAX_PIXELS
+from pixfleet.runtime import configure_logging, fail, run_async
+from pixfleet.settings import ENV_BLOBS, ENV_BROKER, default_blobs_url, default_broker_url
+from producer.http.app import create_app
+from producer.http.services import services_of_app
+from producer.http.settings import ENV_TOKEN, MIB, IngressLimits, ServeSettings
+
+log = logging.getLogger(__name__)
+
+GroupsOpt = typer.Option(
+    [DEFAULT_GROUP], "--groups", "--group", "-g", help="Default target group(s); comma-separated."
+)
+TokenOpt = typer.Option(
+    None, envvar=ENV_TOKEN, help="Bearer token required by /v1 (default: no auth)."
+)
+
+
+def serve_cmd(  # noqa: PLR0917 - Typer commands take one positional per option
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8080, min=0, max=65535, help="Port to listen on (0: any free)."),
+    group: list[str] = GroupsOpt,
+    token: str = TokenOpt,
+    cors_origin: list[str] = typer.Option([], help="Allow this browser origin (repeatable)."),
+    max_file_bytes: int = typer.Option(MAX_BYTES, min=1, help="Largest file."),
+    max_request_bytes: int = typer.Option(256 * MIB, min=1, help="Largest request body."),
+    max_files: int = typer.Option(16, min=1, help="Most files per request."),
+    max_pixels: int = typer.Option(MAX_PIXELS, min=1, help="Largest image (header)."),
+    request_timeout: float = typer.Option(300.0, min=0.1, help="Seconds per upload request."),
+    max_in_flight: int = typer.Option(64, min=1, help="Uploads at once, then 429."),
+    drain_timeout: float = typer.Option(30.0, min=0.0, help="Seconds SIGTERM waits for work."),
+    broker: str = typer.Option(None, "--broker", envvar=ENV_BROKER, help="Broker URL."),
+    blobs: str = typer.Option(None, "--blobs", envvar=ENV_BLOBS, help="Blob store URL."),
+    log_level: str = typer.Option("info", help="debug, info, warning, error."),
+    debug: bool = typer.Option(False, "--debug", help="Print tracebacks."),
+) -> None:
+    """Serve the HTTP API and the upload page until SIGTERM/SIGINT (which drain)."""
+    configure_logging("debug" if debug else log_level)
+    try:
+        limits = IngressLimits(
+            max_file_bytes, max_request_bytes, max_files, max_pixels, request_timeout,
+            max_in_flight,
+        )  # fmt: skip
+        settings = ServeSettings(
+            broker or default_broker_url(),
+            blobs or default_blobs_url(),
+            tuple(g.strip() for value in group for g in value.split(",") if g.strip()),
+            limits,
+            token=token or None,
+            cors_origins=tuple(cors_origin),
+        )
+    except ConfigError as exc:
+        fail(exc.one_line())
+    listen = _Listen(host, port, math.ceil(drain_timeout), "debug" if debug else log_level)
+    run_async(_serve(settings, listen), debug=debug)
+
+
+@dataclass(frozen=True)
+class _Listen:
+    host: str
+    port: int
+    drain: int  # seconds (uvicorn takes whole ones)
+    log_level: str
+
+
+async def _serve(settings: ServeSettings, listen: _Listen) -> None:
+    store = open_blobstore(settings.blobs_url)
+    async with open_transport(settings.broker_url) as transport:
+        app = create_app(settings, transport=transport, store=store)
+        server = _Server(
+            uvicorn.Config(
+                app,
+                host=listen.host,
+                port=listen.port,
+                lifespan="off",
+                log_config=None,
+                log_level=listen.log_level,
+                timeout_graceful_shutdown=listen.drain,
+                server_header=False,
+            ),
+            app,
+        )
+        log.info("serving %s with broker %s", settings.blobs_url, transport.url)
+        previous = signal.signal(signal.SIGTERM, _ignore)  # uvicorn re-raises it when done
+        try:
+            await server.serve()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    log.info("ingress stopped")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, which on SIGTERM/SIGINT also tells the app to drain, and which does
+    not kill the process with the signal again once it has shut down gracefully (exit 0)."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self._app = app
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        services_of_app(self._app).draining = True
+        super().handle_exit(sig, frame)
+
+
+def _ignore(sig: int, frame: FrameType | None) -> None:
+    """Swallow the SIGTERM uvicorn re-raises after its graceful shutdown."""
