@@ -114,9 +114,14 @@ async def task_events_stream(task_id: str, request: Request, svc: Svc) -> Stream
     return StreamingResponse(stream, media_type="text/event-stream", headers=STREAM_HEADERS)
 
 
-@api.api_route("/outputs/{key:path}", methods=["GET", "HEAD"], response_class=Response)
+@api.get("/outputs/{key:path}", response_class=Response)
 async def get_output(key: str, request: Request, svc: Svc) -> Response:
     """An output image (or a redirect to the store's presigned URL)."""
+    return await serve_output(key, request, svc)
+
+
+@api.head("/outputs/{key:path}", response_class=Response, include_in_schema=False)
+async def head_output(key: str, request: Request, svc: Svc) -> Response:
     return await serve_output(key, request, svc)
 
 
