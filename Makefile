@@ -44,6 +44,7 @@ typecheck: $(STAMP)
 
 brokers:
 	bash tests/harness/ensure-rabbitmq.sh
+	bash tests/harness/ensure-nginx.sh
 
 pytest: $(STAMP) brokers
 	$(BIN)/python -m pytest
@@ -58,3 +59,15 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pixfleet .pixfleet-demo .pytest_cache .mypy_cache .ruff_cache *.egg-info
+
+# -- docker/compose.yaml: the whole topology on one Docker host (needs the compose plugin) ----
+#   make compose-up [BROKER=kafka]   build, start, wait until healthy; http://localhost:8080/
+.PHONY: compose-up compose-down
+COMPOSE ?= docker compose -f docker/compose.yaml
+
+compose-up:
+	$(if $(filter kafka,$(BROKER)),COMPOSE_PROFILES=kafka PIXFLEET_COMPOSE_BROKER=kafka://kafka:9092) \
+	$(COMPOSE) up --build --detach --wait --wait-timeout 300
+
+compose-down:
+	$(COMPOSE) --profile kafka down --remove-orphans
