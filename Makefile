@@ -44,6 +44,7 @@ typecheck: $(STAMP)
 
 brokers:
 	bash tests/harness/ensure-rabbitmq.sh
+	bash tests/harness/ensure-chromium.sh
 	bash tests/harness/ensure-nginx.sh
 
 pytest: $(STAMP) brokers

@@ -50,7 +50,7 @@ function newCard(file) {
   const thumbs = el("div", { class: "thumbs" });
   const links = el("ul", { class: "links" });
   card.append(head, bar, meta, thumbs, links);
-  $("cards").prepend(card);
+  $("cards").append(card);
   return { card, badge, bar, meta, thumbs, links, results: new Map() };
 }
 

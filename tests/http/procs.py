@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
 
@@ -105,10 +105,10 @@ class IngressFleet:
 
 def wait_json(
     client: httpx.Client, url: str, *, until: str, timeout: float = 30
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """GET ``url`` until its ``state`` is ``until``; the last body."""
     deadline = time.monotonic() + timeout
-    body: dict[str, object] = {}
+    body: dict[str, Any] = {}
     while time.monotonic() < deadline:
         body = client.get(url).json()
         if body.get("state") == until:

@@ -16,6 +16,7 @@ from producer.http.staging import clean_filename
 from tests.helpers import images
 from tests.helpers.tasks import make_result
 from tests.http.inprocess import Api, files, running_api
+from tests.http.media import jpeg_with_comment
 
 JPEG = images.jpeg_bytes(320, 240)
 PNG = images.png_bytes(200, 100)
@@ -104,7 +105,7 @@ async def test_a_decompression_bomb_is_refused_from_its_header(api: Api) -> None
 
 async def test_a_header_past_the_first_64k_is_checked_from_the_stored_blob(api: Api) -> None:
     # A JPEG whose comments fill the first 64 KiB: its size is read from the stored blob.
-    padded = _jpeg_with_comment(JPEG, 100_000)
+    padded = jpeg_with_comment(JPEG, 100_000)
     assert not staging._vet_head(padded[: staging.HEAD_BYTES], "p.jpg", 10**8, complete=False)
     response = await api.client.post("/v1/uploads", files=files(("padded.jpg", padded)))
     assert response.status_code == 202, response.text
@@ -207,14 +208,3 @@ async def test_unknown_tasks_and_routes_are_404_json(api: Api) -> None:
 
 def _json() -> dict[str, str]:
     return {"content-type": "application/json"}
-
-
-def _jpeg_with_comment(jpeg: bytes, size: int) -> bytes:
-    """``jpeg`` with COM segments of ``size`` bytes in all right after SOI (before its SOF)."""
-    segments = b""
-    left = size
-    while left > 0:
-        n = min(left, 65_000)
-        segments += b"\xff\xfe" + (n + 2).to_bytes(2, "big") + b"x" * n
-        left -= n
-    return jpeg[:2] + segments + jpeg[2:]
