@@ -34,6 +34,7 @@ from tests.deploy.manifests import (
     options_of,
     pyproject,
     services,
+    unknown_options,
 )
 
 #: Seconds a stop needs beyond the drain itself (cancel, give tasks back, close connections).
@@ -190,10 +191,11 @@ def test_workers_are_replicated_with_concurrency_equal_to_their_cpu_limit() -> N
     assert int(_option(argv, "--concurrency")) == cpus
 
 
-def test_pixfleet_services_run_console_scripts_of_this_package() -> None:
+def test_pixfleet_services_run_console_scripts_with_options_the_clis_have() -> None:
     scripts = console_scripts()
     for name, service in _pixfleet_services().items():
         assert command_of(service)[0] in scripts, name
+        assert not unknown_options(command_of(service)), name
         assert service["build"]["dockerfile"] == "docker/Dockerfile"
         assert (COMPOSE_FILE.parent / service["build"]["context"]).resolve() == REPO
 

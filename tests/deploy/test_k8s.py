@@ -33,6 +33,7 @@ from tests.deploy.manifests import (
     options_of,
     pyproject,
     rendered,
+    unknown_options,
 )
 
 #: Oldest Kubernetes these manifests are meant for (PodDisruptionBudget policy/v1, probes on
@@ -157,16 +158,10 @@ def test_each_overlay_is_the_base_plus_its_scaler(overlay: str) -> None:
 
 
 def test_commands_are_console_scripts_with_options_the_clis_have() -> None:
-    """Every option a manifest passes exists - except `worker run --metrics-port`, which the
-    fleet work (issue 12) adds; the test names it so that its arrival is noticed."""
-    pending = {("worker", "--metrics-port")}
     for deployment in _deployments(_base()).values():
         argv = _container(deployment)["command"]
         assert argv[0] in console_scripts()
-        known = options_of(cli_command(argv))
-        for word in argv:
-            if word.startswith("--") and word not in known:
-                assert (argv[0], word) in pending, f"{argv[0]} {argv[1]} has no {word}"
+        assert not unknown_options(argv), argv
 
 
 def test_ingress_probes_healthz_and_readyz_on_the_port_it_serves() -> None:
