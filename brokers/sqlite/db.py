@@ -14,12 +14,34 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
+import brokers.sqlite.registry as consumers_tx
 import brokers.sqlite.transactions as tx
+import brokers.sqlite.views as views_tx
 from brokers.sqlite.schema import create_schema
 from brokers.sqlite.transactions import Claimed
 from pixfleet.errors import BrokerError, BrokerUnavailable
 
 T = TypeVar("T")
+
+#: Primary result codes that go away by themselves (a lock held by another process, a full or
+#: failing disk, a file being replaced): ``broker.unavailable``, which consumers wait out.
+_TRANSIENT = {
+    sqlite3.SQLITE_BUSY,
+    sqlite3.SQLITE_LOCKED,
+    sqlite3.SQLITE_IOERR,
+    sqlite3.SQLITE_FULL,
+    sqlite3.SQLITE_CANTOPEN,
+    sqlite3.SQLITE_PROTOCOL,
+}
+
+
+def translate(path: Path, exc: sqlite3.Error) -> BrokerError:
+    """A sqlite3 error as a broker error: :class:`BrokerUnavailable` for the transient kinds
+    (locked longer than ``busy_timeout``, disk full or failing), :class:`BrokerError` else."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in _TRANSIENT:
+        return BrokerUnavailable(f"sqlite database {path} unavailable: {exc}")
+    return BrokerError(f"sqlite error on {path}: {exc}")
 
 
 class SqliteQueue:
@@ -61,20 +83,14 @@ class SqliteQueue:
     def transact(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` in one write transaction: committed if it returns, rolled back if it raises.
 
-        A write lock held by others for longer than ``busy_timeout`` raises
-        :class:`~pixfleet.errors.BrokerUnavailable`; other sqlite errors raise
-        :class:`~pixfleet.errors.BrokerError`."""
+        A write lock held by others for longer than ``busy_timeout`` (or a full, failing disk)
+        raises :class:`~pixfleet.errors.BrokerUnavailable`; other sqlite errors raise
+        :class:`~pixfleet.errors.BrokerError` (:func:`translate`)."""
         try:
             with self._tx() as db:
                 return fn(db)
-        except sqlite3.OperationalError as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
-                raise BrokerUnavailable(
-                    f"sqlite database {self.path} stayed locked: {exc}"
-                ) from exc
-            raise BrokerError(f"sqlite error on {self.path}: {exc}") from exc
         except sqlite3.Error as exc:
-            raise BrokerError(f"sqlite error on {self.path}: {exc}") from exc
+            raise translate(self.path, exc) from exc
 
     # -- subscriptions (semantics: brokers.sqlite.transactions) ------------------------------
 
@@ -132,21 +148,45 @@ class SqliteQueue:
         """Give leased deliveries back at once (they stay counted as delivered)."""
         return self.transact(lambda db: tx.release(db, owner, delivery_ids))
 
+    # -- consumers (brokers.sqlite.registry) -------------------------------------------------
+
     def heartbeat(
-        self, consumer: str, topic: str, group: str, *, host: str, pid: int, lease: float
+        self,
+        consumer: str,
+        topic: str,
+        group: str,
+        *,
+        host: str,
+        pid: int,
+        lease: float,
+        give_back: list[int] | None = None,
     ) -> None:
-        """Record that ``consumer`` lives and extend every lease it holds."""
+        """Record that ``consumer`` lives and extend every lease it holds, after releasing
+        those of ``give_back``."""
         self.transact(
-            lambda db: tx.heartbeat(db, consumer, topic, group, host=host, pid=pid, lease=lease)
+            lambda db: consumers_tx.heartbeat(
+                db,
+                consumer,
+                topic,
+                group,
+                host=host,
+                pid=pid,
+                lease=lease,
+                give_back=give_back or [],
+            )
         )
 
     def unregister(self, consumer: str) -> None:
-        self.transact(lambda db: tx.unregister(db, consumer))
+        self.transact(lambda db: consumers_tx.unregister(db, consumer))
+
+    def reap(self, host: str, *, stale_after: float) -> list[str]:
+        """Release the leases of dead consumers (see :func:`brokers.sqlite.registry.reap`)."""
+        return self.transact(lambda db: consumers_tx.reap(db, host, stale_after=stale_after))
 
     # -- inspection ------------------------------------------------------------------------
 
-    def stats(self, topic: str, group: str, alive_after: float) -> dict[str, int]:
-        return self.transact(lambda db: tx.stats(db, topic, group, alive_after))
+    def stats(self, topic: str, group: str, alive_for: float) -> dict[str, int]:
+        return self.transact(lambda db: views_tx.stats(db, topic, group, alive_for))
 
     def dead_letters(self, topic: str, group: str, limit: int) -> list[tuple[bytes, str]]:
-        return self.transact(lambda db: tx.dead_letters(db, topic, group, limit))
+        return self.transact(lambda db: views_tx.dead_letters(db, topic, group, limit))

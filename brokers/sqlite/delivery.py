@@ -1,7 +1,9 @@
 """One leased SQLite delivery and the means to settle it.
 
 Settling goes through the subscription that leased the delivery (it owns the lease and counts
-what is still unsettled); the delivery limit is applied when a delivery is claimed again.
+what is still unsettled); the delivery limit is applied when a delivery is claimed again. A
+delivery counts as settled only once its ack or nack is committed: if the database call fails,
+the subscription gives the lease back (the delivery comes again) and the error propagates.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ M = TypeVar("M", Task, Result)
 
 
 class Settler(Protocol):
-    """What a delivery needs from its subscription. Both calls count the delivery as settled
-    for the subscription's prefetch, even when they raise."""
+    """What a delivery needs from its subscription. Both calls free the delivery's prefetch
+    slot; when they raise, the lease has been given back (released now, or by the next
+    heartbeat, which never extends it meanwhile), so the delivery is delivered again."""
 
     async def ack_delivery(self, delivery_id: int) -> bool:
         """Delete the delivery; False if its lease was lost (it will be redelivered)."""
@@ -37,7 +40,9 @@ class SqliteDelivery(Generic[M]):
     """:class:`brokers.contract.Delivery` of a leased row; settling it twice is a no-op.
 
     An ack that comes after the lease was lost (no heartbeat for ``lease`` seconds) is logged:
-    the message was or will be delivered again, which idempotent outputs make harmless."""
+    the message was or will be delivered again, which idempotent outputs make harmless. An ack
+    or nack that raises leaves the delivery unsettled (a later nack is allowed and harmless) and
+    its lease given back, so it is delivered again while the consumer lives."""
 
     message: M
     attempt: int
@@ -48,8 +53,9 @@ class SqliteDelivery(Generic[M]):
     async def ack(self) -> None:
         if self._settled:
             return
+        held = await self._settler.ack_delivery(self._delivery_id)
         self._settled = True
-        if not await self._settler.ack_delivery(self._delivery_id):
+        if not held:
             log.warning(
                 "ack of delivery %s came after its lease was lost; it will be redelivered",
                 self._delivery_id,
@@ -58,7 +64,7 @@ class SqliteDelivery(Generic[M]):
     async def nack(self, *, requeue: bool, delay: float = 0.0, reason: str = "") -> None:
         if self._settled:
             return
-        self._settled = True
         await self._settler.nack_delivery(
             self._delivery_id, requeue=requeue, delay=delay, reason=reason
         )
+        self._settled = True

@@ -3,14 +3,20 @@
 SQLite has no cross-process notification, so a subscription polls: it claims (leases) up to
 ``prefetch - unsettled`` deliveries at a time, sleeping 5 ms right after work and doubling up to
 the ``poll`` setting while idle. A heartbeat every ``lease / 3`` seconds extends its leases, so
-long tasks keep them while the process lives and a ``kill -9``-ed consumer's deliveries become
-claimable ``lease`` seconds after its last beat.
+long tasks keep them while the process lives (:mod:`brokers.sqlite.heartbeat`). A consumer
+that dies without closing is found by the others within about a second
+(:func:`brokers.sqlite.registry.reap`: its process is gone) and its leases are released then;
+failing that, they expire ``lease`` seconds after its last beat.
+
+Faults never end a subscription: a database that stays locked (or a full disk) puts it in the
+``reconnecting`` state (:mod:`brokers.sqlite.outage`) until the database answers again; a body
+that cannot be decoded is dead-lettered with the reason; a settle that fails gives the lease
+back, so the delivery comes again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -21,10 +27,12 @@ from typing import Generic, Protocol, Self, TypeAlias, TypeVar
 
 from brokers.sqlite.db import SqliteQueue
 from brokers.sqlite.delivery import SqliteDelivery
+from brokers.sqlite.heartbeat import Heartbeat
+from brokers.sqlite.outage import Outage, SubscriptionState
 from brokers.sqlite.settings import SqliteSettings
 from brokers.sqlite.transactions import Claimed
 from pixfleet.envelope import Result, Task
-from pixfleet.errors import EnvelopeError, TransportClosed
+from pixfleet.errors import BrokerError, BrokerUnavailable, PixfleetError
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +60,7 @@ class _Host(Protocol):
         """Track a started subscription, to stop it and release its leases on close."""
         ...
 
-    def detach(self, subscription: AnySubscription) -> None:
-        """Stop tracking a finished subscription (idempotent)."""
-        ...
+    def detach(self, subscription: AnySubscription) -> None: ...
 
 
 class SqliteSubscription(Generic[M]):
@@ -63,7 +69,8 @@ class SqliteSubscription(Generic[M]):
     Cancelling a pending ``__anext__`` (a timeout around it) is safe: claims run shielded and a
     claim that completes after the caller gave up is buffered for the next call, never orphaned.
     The heartbeat that renews leases runs until the iterator is closed *and* every delivery it
-    yielded is settled, so in-flight work keeps its lease while a worker drains.
+    yielded is settled, so in-flight work keeps its lease while a worker drains. :attr:`state`
+    is ``consuming``, or ``reconnecting`` while the database is unavailable.
     """
 
     def __init__(
@@ -84,12 +91,17 @@ class SqliteSubscription(Generic[M]):
         self._prefetch = max(1, prefetch)
         self._until_empty = until_empty
         self._buffer: deque[Claimed] = deque()
-        self._unsettled = 0
+        self._held: set[int] = set()  # yielded and not settled (nor given back)
         self._changed = asyncio.Event()
-        self._heart: asyncio.Task[None] | None = None
         self._closed = False
-        self._done = asyncio.Event()  # closed and nothing unsettled: the heartbeat may stop
         self._idle = _MIN_IDLE
+        self._outage = Outage(f"sqlite consumer {self.id} of {topic}/{group}")
+        # Runs until the iterator is closed and every delivery it yielded is settled.
+        self._heart = Heartbeat(host, self.id, topic, group, self._outage)
+
+    @property
+    def state(self) -> SubscriptionState:
+        return self._outage.state
 
     def __aiter__(self) -> Self:
         return self
@@ -97,17 +109,16 @@ class SqliteSubscription(Generic[M]):
     async def __anext__(self) -> SqliteDelivery[M]:
         if self._closed:
             raise StopAsyncIteration
-        if self._heart is None:
-            await self._start()
+        if not self._heart.started:
+            await self._outage.retry(self._start, BrokerUnavailable)
         while True:
             if self._buffer:
                 delivery = await self._wrap(self._buffer.popleft())
                 if delivery is not None:
-                    self._unsettled += 1
                     return delivery
                 continue
             await self._wait_for_room()
-            claimed = await self._claim()
+            claimed = await self._outage.retry(self._claim, BrokerUnavailable)
             if claimed:
                 self._idle = _MIN_IDLE
                 self._buffer.extend(claimed)
@@ -127,27 +138,26 @@ class SqliteSubscription(Generic[M]):
         if self._buffer:
             ids = [c.delivery_id for c in self._buffer]
             self._buffer.clear()
-            with contextlib.suppress(TransportClosed):
-                await self._host.call(lambda db: db.release(self.id, ids))
-        if self._unsettled <= 0:
+            await self._release(ids)
+        if not self._held:
             await self._finish()
 
     async def stop(self) -> None:
         """Called by the transport on close: stop claiming and stop the heartbeat now."""
         self._closed = True
         self._buffer.clear()
-        if self._heart is not None and not self._heart.done():
-            self._heart.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heart
+        await self._heart.stop()
 
     # -- settling (brokers.sqlite.delivery.Settler) -----------------------------------------
 
     async def ack_delivery(self, delivery_id: int) -> bool:
         try:
-            return await self._host.call(lambda db: db.ack(delivery_id, self.id))
-        finally:
-            await self._one_settled()
+            held = await self._host.call(lambda db: db.ack(delivery_id, self.id))
+        except Exception:
+            await self.give_back(delivery_id)
+            raise
+        await self._one_settled(delivery_id)
+        return held
 
     async def nack_delivery(
         self, delivery_id: int, *, requeue: bool, delay: float, reason: str
@@ -158,41 +168,63 @@ class SqliteSubscription(Generic[M]):
                     delivery_id, self.id, requeue=requeue, delay=delay, reason=reason
                 )
             )
-        finally:
-            await self._one_settled()
+        except Exception:
+            await self.give_back(delivery_id)
+            raise
+        self._heart.give_back.discard(delivery_id)
+        await self._one_settled(delivery_id)
 
-    async def _one_settled(self) -> None:
-        self._unsettled -= 1
+    async def give_back(self, delivery_id: int) -> None:
+        """A settle failed: release the lease so the delivery comes again (now, or at the next
+        heartbeat, which never extends it meanwhile)."""
+        if await self._release([delivery_id]):
+            log.warning("settling delivery %s failed; it was given back", delivery_id)
+        await self._one_settled(delivery_id)
+
+    async def _release(self, ids: list[int]) -> bool:
+        try:
+            await self._host.call(lambda db: db.release(self.id, ids))
+        except BrokerError as exc:
+            log.warning("cannot release deliveries %s now (%s); the next beat will", ids, exc)
+            self._heart.give_back.update(ids)
+            return False
+        return True
+
+    async def _one_settled(self, delivery_id: int) -> None:
+        self._held.discard(delivery_id)
         self._changed.set()
-        if self._closed and self._unsettled <= 0:
+        if self._closed and not self._held:
             await self._finish()
 
     async def _finish(self) -> None:
         """Closed and nothing unsettled: stop the heartbeat and unregister now (idempotent)."""
-        if self._done.is_set():
+        if self._heart.finished:
             return
-        self._done.set()
-        if self._heart is not None:
-            with contextlib.suppress(TransportClosed):
+        self._heart.finish()
+        if self._heart.started:
+            try:  # releases what a failed settle left leased, too
                 await self._host.call(lambda db: db.unregister(self.id))
+            except BrokerError as exc:  # TransportClosed included: close released everything
+                log.debug("unregistering consumer %s: %s", self.id, exc)
         self._host.detach(self)
 
     # -- claiming --------------------------------------------------------------------------
 
     async def _start(self) -> None:
         await self._host.call(lambda db: db.declare(self._topic, self._group))
-        await self._beat()
+        await self._heart.beat()
         self._host.attach(self)
-        self._heart = asyncio.create_task(self._heartbeat())
+        self._heart.start()
 
     async def _wait_for_room(self) -> None:
-        while self._unsettled + len(self._buffer) >= self._prefetch:
+        while len(self._held) + len(self._buffer) >= self._prefetch:
             self._changed.clear()
             await self._changed.wait()
 
     async def _claim(self) -> list[Claimed]:
+        await self._heart.reap_now_and_then()
         s = self._host.settings
-        room = self._prefetch - self._unsettled - len(self._buffer)
+        room = self._prefetch - len(self._held) - len(self._buffer)
         topic, group, owner = self._topic, self._group, self.id
         call = self._host.call(
             lambda db: db.claim(
@@ -201,10 +233,12 @@ class SqliteSubscription(Generic[M]):
         )
         future = asyncio.ensure_future(call)
         try:
-            return await asyncio.shield(future)
+            claimed = await asyncio.shield(future)
         except asyncio.CancelledError:
             future.add_done_callback(self._keep_late_claim)
             raise
+        self._heart.give_back.difference_update(c.delivery_id for c in claimed)  # fresh leases
+        return claimed
 
     def _keep_late_claim(self, future: asyncio.Future[list[Claimed]]) -> None:
         if future.cancelled() or future.exception() is not None:
@@ -214,48 +248,40 @@ class SqliteSubscription(Generic[M]):
             if ids:
                 self._host.call_soon(lambda db: db.release(self.id, ids))
         else:
+            self._heart.give_back.difference_update(c.delivery_id for c in future.result())
             self._buffer.extend(future.result())
 
     async def _has_backlog(self) -> bool:
-        return await self._host.call(lambda db: db.has_backlog(self._topic, self._group))
-
-    async def _wrap(self, item: Claimed) -> SqliteDelivery[M] | None:
-        try:
-            message = self._decode(item.body)
-        except EnvelopeError as exc:
-            log.warning("dead-lettering undecodable delivery %s: %s", item.delivery_id, exc)
-            reason = exc.one_line()
-            await self._host.call(lambda db: db.dead_letter_now(item.delivery_id, reason))
-            return None
-        return SqliteDelivery(message, item.deliveries, self, item.delivery_id)
-
-    # -- heartbeat -------------------------------------------------------------------------
-
-    async def _beat(self) -> None:
-        topic, group, owner, lease = self._topic, self._group, self.id, self._host.settings.lease
-        host, pid = socket.gethostname(), os.getpid()
-        await self._host.call(
-            lambda db: db.heartbeat(owner, topic, group, host=host, pid=pid, lease=lease)
+        return await self._outage.retry(
+            lambda: self._host.call(lambda db: db.has_backlog(self._topic, self._group)),
+            BrokerUnavailable,
         )
 
-    async def _heartbeat(self) -> None:
-        interval = self._host.settings.lease / 3
-        while True:
-            try:
-                async with asyncio.timeout(interval):
-                    await self._done.wait()
-                break
-            except TimeoutError:
-                await self._beat_once()
-
-    async def _beat_once(self) -> None:
+    async def _wrap(self, item: Claimed) -> SqliteDelivery[M] | None:
+        """The delivery of ``item``, or None once a body that is no envelope is dead-lettered."""
         try:
-            await self._beat()
-        except TransportClosed:
-            self._done.set()
-        except Exception:
-            # A missed beat only shortens the lease; the next one may well succeed.
-            log.exception("heartbeat of consumer %s failed", self.id)
+            message = self._decode(item.body)
+        except Exception as exc:  # noqa: BLE001 - no body, however hostile, ends a consumer
+            reason = _reason(exc)
+            log.warning("dead-lettering undecodable delivery %s: %s", item.delivery_id, reason)
+            try:
+                await self._outage.retry(
+                    lambda: self._host.call(
+                        lambda db: db.dead_letter_now(item.delivery_id, reason)
+                    ),
+                    BrokerUnavailable,
+                )
+            except BaseException:
+                self._buffer.appendleft(item)  # cancelled: still ours, handled next time
+                raise
+            return None
+        self._held.add(item.delivery_id)
+        return SqliteDelivery(message, item.deliveries, self, item.delivery_id)
+
+
+def _reason(exc: Exception) -> str:
+    one_line = exc.one_line() if isinstance(exc, PixfleetError) else None
+    return one_line or f"error[envelope.invalid]: {type(exc).__name__}: {str(exc)[:500]}"
 
 
 #: A subscription of either kind, as its transport tracks it.

@@ -2,19 +2,33 @@
 
 Every function takes an open connection inside ``BEGIN IMMEDIATE`` (see
 :meth:`brokers.sqlite.db.SqliteQueue.transact`) and does its whole job in it, so each one is
-atomic across processes. Table layout and lease rules: :mod:`brokers.sqlite.schema`.
+atomic across processes. Table layout and lease rules: :mod:`brokers.sqlite.schema`; the
+consumers table: :mod:`brokers.sqlite.registry`; read-only views: :mod:`brokers.sqlite.views`.
+
+**One clock.** Every time stored or compared here (``available_at``, ``lease_expires``,
+``last_seen``) is read from the database with :func:`db_now` - SQLite's own ``'now'``, the
+operating system's clock read by the SQLite library - never from a process's ``time.time()``.
+Every process that shares the file runs on the machine that holds it, so they all read the same
+clock, and a process whose Python clock is off (or patched) can neither steal a lease nor release
+a delayed retry early.
 """
 
 from __future__ import annotations
 
 import sqlite3
-import time
 from dataclasses import dataclass
 
 from brokers.policy import delivery_limit_reason
 from pixfleet.errors import Unroutable
 
 _REASON_MAX = 2000  # characters of a dead-letter reason that are kept
+
+
+def db_now(db: sqlite3.Connection) -> float:
+    """The database's clock in epoch seconds (millisecond resolution): the one time source of
+    every lease, delay and heartbeat."""
+    (now,) = db.execute("SELECT (julianday('now') - 2440587.5) * 86400.0").fetchone()
+    return float(now)
 
 
 @dataclass(frozen=True)
@@ -33,7 +47,7 @@ def declare(db: sqlite3.Connection, topic: str, name: str) -> None:
     """Create the subscription ``(topic, name)`` unless it exists."""
     db.execute(
         "INSERT OR IGNORE INTO subs (topic, name, created_at) VALUES (?, ?, ?)",
-        (topic, name, time.time()),
+        (topic, name, db_now(db)),
     )
 
 
@@ -91,7 +105,7 @@ def _store(
     db: sqlite3.Connection, topic: str, key: str, body: bytes, targets: tuple[str, ...]
 ) -> tuple[str, ...]:
     """Insert the message and a ready delivery for each target, declaring the targets."""
-    now = time.time()
+    now = db_now(db)
     message_id = db.execute(
         "INSERT INTO messages (topic, key, body, created_at) VALUES (?, ?, ?, ?)",
         (topic, key, body, now),
@@ -122,7 +136,7 @@ def claim(
     """Lease to ``owner`` for ``lease`` seconds up to ``limit`` claimable deliveries (ready and
     due, or leased with an expired lease), oldest first, counting each as one more delivery.
     One already delivered ``delivery_limit`` times is dead-lettered instead of returned."""
-    now = time.time()
+    now = db_now(db)
     rows = db.execute(
         "SELECT d.id, d.deliveries, m.body, d.reason FROM deliveries d"
         " JOIN messages m ON m.id = d.message_id"
@@ -151,7 +165,7 @@ def has_backlog(db: sqlite3.Connection, topic: str, group: str) -> bool:
     row = db.execute(
         "SELECT 1 FROM deliveries WHERE topic = ? AND grp = ? AND (state = 'ready'"
         " OR (state = 'leased' AND lease_expires <= ?)) LIMIT 1",
-        (topic, group, time.time()),
+        (topic, group, db_now(db)),
     ).fetchone()
     return row is not None
 
@@ -191,7 +205,7 @@ def nack(
         db.execute(
             "UPDATE deliveries SET state = 'ready', lease_owner = NULL,"
             " lease_expires = NULL, available_at = ?, reason = ? WHERE id = ?",
-            (time.time() + max(delay, 0.0), reason, delivery_id),
+            (db_now(db) + max(delay, 0.0), reason, delivery_id),
         )
     else:
         dead_letter(db, delivery_id, reason or "rejected by consumer")
@@ -222,35 +236,6 @@ def release(db: sqlite3.Connection, owner: str, delivery_ids: list[int] | None =
     )
 
 
-def heartbeat(
-    db: sqlite3.Connection,
-    consumer: str,
-    topic: str,
-    group: str,
-    *,
-    host: str,
-    pid: int,
-    lease: float,
-) -> None:
-    """Record that ``consumer`` lives and extend every lease it holds to ``lease`` from now."""
-    now = time.time()
-    db.execute(
-        "INSERT INTO consumers (id, topic, grp, host, pid, last_seen)"
-        " VALUES (?, ?, ?, ?, ?, ?)"
-        " ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen",
-        (consumer, topic, group, host, pid, now),
-    )
-    db.execute(
-        "UPDATE deliveries SET lease_expires = ? WHERE lease_owner = ? AND state = 'leased'",
-        (now + lease, consumer),
-    )
-
-
-def unregister(db: sqlite3.Connection, consumer: str) -> None:
-    """Forget a consumer (its leases are not touched)."""
-    db.execute("DELETE FROM consumers WHERE id = ?", (consumer,))
-
-
 def _collect(db: sqlite3.Connection, message_id: int) -> None:
     """Delete a message once no delivery refers to it."""
     db.execute(
@@ -258,35 +243,3 @@ def _collect(db: sqlite3.Connection, message_id: int) -> None:
         " (SELECT 1 FROM deliveries WHERE message_id = ?)",
         (message_id, message_id),
     )
-
-
-# -- inspection ----------------------------------------------------------------------------
-
-
-def stats(db: sqlite3.Connection, topic: str, group: str, alive_after: float) -> dict[str, int]:
-    """Deliveries per state (``ready``, ``leased``, ``dead``) and ``consumers`` seen after
-    ``alive_after`` (epoch seconds)."""
-    counts: dict[str, int] = {"ready": 0, "leased": 0, "dead": 0}
-    for state, count in db.execute(
-        "SELECT state, COUNT(*) FROM deliveries WHERE topic = ? AND grp = ? GROUP BY state",
-        (topic, group),
-    ):
-        counts[state] = count
-    (live,) = db.execute(
-        "SELECT COUNT(*) FROM consumers WHERE topic = ? AND grp = ? AND last_seen > ?",
-        (topic, group, alive_after),
-    ).fetchone()
-    counts["consumers"] = live
-    return counts
-
-
-def dead_letters(
-    db: sqlite3.Connection, topic: str, group: str, limit: int
-) -> list[tuple[bytes, str]]:
-    """Body and reason of up to ``limit`` dead deliveries, oldest first (nothing is removed)."""
-    rows = db.execute(
-        "SELECT m.body, d.reason FROM deliveries d JOIN messages m ON m.id = d.message_id"
-        " WHERE d.topic = ? AND d.grp = ? AND d.state = 'dead' ORDER BY d.id LIMIT ?",
-        (topic, group, limit),
-    ).fetchall()
-    return [(bytes(body), reason) for body, reason in rows]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -174,8 +173,8 @@ class SqliteTransport:
 
     async def stats(self, group: str) -> GroupStats:
         """Consumers count as live if they beat within the last ``lease`` seconds."""
-        alive_after = time.time() - self._settings.lease
-        counts = await self.call(lambda db: db.stats(names.SQLITE_TASKS, group, alive_after))
+        alive_for = self._settings.lease
+        counts = await self.call(lambda db: db.stats(names.SQLITE_TASKS, group, alive_for))
         return GroupStats(
             group=group,
             ready=counts["ready"],

@@ -9,15 +9,25 @@ from brokers.sqlite.db import SqliteQueue
 from brokers.sqlite.transport import SqliteSettings
 
 
+def _sqlite_publish(url: str, topic: str, target: str, body: bytes) -> None:
+    s = SqliteSettings.from_url(url)
+    queue = SqliteQueue(s.path, busy_timeout=s.busy_timeout, synchronous=s.synchronous)
+    try:
+        queue.publish(topic, "raw", body, (target,))
+    finally:
+        queue.close()
+
+
+async def inject_raw_reply(url: str, channel: str, body: bytes) -> None:
+    """Put raw bytes on a reply channel (sqlite only), as a hostile peer might."""
+    assert urlsplit(url).scheme == "sqlite", url
+    _sqlite_publish(url, names.SQLITE_REPLIES, channel, body)
+
+
 async def inject_raw(url: str, group: str, body: bytes) -> None:
     scheme = urlsplit(url).scheme
     if scheme == "sqlite":
-        s = SqliteSettings.from_url(url)
-        queue = SqliteQueue(s.path, busy_timeout=s.busy_timeout, synchronous=s.synchronous)
-        try:
-            queue.publish(names.SQLITE_TASKS, "raw", body, (group,))
-        finally:
-            queue.close()
+        _sqlite_publish(url, names.SQLITE_TASKS, group, body)
         return
     if scheme in ("amqp", "amqps"):
         await _inject_amqp(url, group, body)
