@@ -3,7 +3,6 @@ the deployment relies on, the build context, and the health-check probe the imag
 
 from __future__ import annotations
 
-import fnmatch
 import http.server
 import os
 import re
@@ -236,7 +235,7 @@ def test_every_package_and_packaged_file_reaches_the_image() -> None:
             key = owner.relative_to(REPO).as_posix() if owner != REPO else top
             inner = path.relative_to(REPO / key).as_posix()
             globs = data.get(key, [])
-            assert any(fnmatch.fnmatch(inner, g) for g in globs), (
+            assert any(_pattern(g).fullmatch(inner) for g in globs), (
                 f"{top}/{relative}: no package-data"
             )
 
