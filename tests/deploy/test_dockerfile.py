@@ -184,17 +184,23 @@ def _rules() -> list[tuple[bool, re.Pattern[str]]]:
 
 
 def _context() -> Iterator[str]:
-    """Files git tracks or would track (the context is the working tree; only its allowlisted
-    part matters)."""
+    """Files of the working tree that git tracks or would track (else, outside a clone, every
+    file but .git's): the context is the working tree, and only its allowlisted part matters."""
     done = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=30,
-        check=True,
+        check=False,
     )
-    yield from (line for line in done.stdout.splitlines() if (REPO / line).is_file())
+    if done.returncode == 0:
+        yield from (line for line in done.stdout.splitlines() if (REPO / line).is_file())
+        return
+    for path in REPO.rglob("*"):
+        relative = path.relative_to(REPO).as_posix()
+        if path.is_file() and not relative.startswith(".git/"):
+            yield relative
 
 
 def test_the_context_holds_what_the_builder_copies_and_nothing_else() -> None:
