@@ -64,6 +64,13 @@ class PublishFailed(BrokerError):
     retryable = True
 
 
+class BrokerBlocked(BrokerError):
+    """The broker refuses publishes for now (a memory or disk alarm); try again later."""
+
+    code = "broker.blocked"
+    retryable = True
+
+
 class BrokerAuthFailed(BrokerError):
     """The broker refused the credentials (or the TLS handshake)."""
 
