@@ -94,7 +94,11 @@ class MultipartReader:
             return lambda: self._events.append((kind, b""))
 
         def data(kind: str) -> Callable[[bytes, int, int], None]:
-            return lambda buf, start, end: self._events.append((kind, bytes(buf[start:end])))
+            def append(buf: bytes, start: int, end: int) -> None:
+                whole = start == 0 and end == len(buf) and type(buf) is bytes
+                self._events.append((kind, buf if whole else bytes(buf[start:end])))
+
+            return append
 
         return {
             "on_part_begin": mark("begin"),

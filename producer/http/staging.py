@@ -23,7 +23,7 @@ from producer.inspect import sniff, vet
 #: Bytes read before anything is stored: enough for the header of nearly every image.
 HEAD_BYTES = 64 * 1024
 #: Chunks are gathered to about this size before each write (fewer thread hops; O(chunk)).
-WRITE_BYTES = 256 * 1024
+WRITE_BYTES = 1024 * 1024
 #: Longest file name kept (it is metadata; the task keeps its last 255 characters).
 NAME_CHARS = 255
 
@@ -105,12 +105,15 @@ async def _head(body: AsyncIterator[bytes]) -> tuple[bytes, bool]:
 
 
 async def _coalesce(head: bytes, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """``head``, then ``body`` gathered into writes of about :data:`WRITE_BYTES` (one copy)."""
     yield head
-    buf = bytearray()
+    parts: list[bytes] = []
+    size = 0
     async for chunk in body:
-        buf += chunk
-        if len(buf) >= WRITE_BYTES:
-            yield bytes(buf)
-            buf.clear()
-    if buf:
-        yield bytes(buf)
+        parts.append(chunk)
+        size += len(chunk)
+        if size >= WRITE_BYTES:
+            yield b"".join(parts)
+            parts, size = [], 0
+    if parts:
+        yield b"".join(parts)
