@@ -242,6 +242,19 @@ def options_of(command: Any) -> dict[str, Any]:
     return {opt: p for p in command.params for opt in (*p.opts, *p.secondary_opts)}
 
 
+def worker_stop_seconds() -> float:
+    """Longest a worker takes to stop after SIGTERM, from the code's defaults: in-flight tasks
+    get the drain timeout, then the process pool gets as long again to exit (`worker run
+    --drain-timeout`). Before that option (issue 9) only the tasks' drain was bounded, by
+    ``WorkerSettings.drain_timeout``."""
+    option = options_of(cli_command(["worker", "run"])).get("--drain-timeout")
+    if option is None:
+        from consumers.worker import WorkerSettings  # noqa: PLC0415 - only this fallback
+
+        return float(WorkerSettings(group="thumbs").drain_timeout)
+    return 2 * float(option.default)
+
+
 #: Options the deployment files pass before the CLI has them: (script, option) -> the issue
 #: that adds it. The tests accept these and name them, so their arrival can be checked.
 PENDING_OPTIONS = {("worker", "--metrics-port"): "issue 12 (fleet: metrics and /healthz)"}

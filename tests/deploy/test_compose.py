@@ -16,7 +16,6 @@ import pytest
 
 from brokers.amqp.settings import AmqpSettings
 from brokers.kafka.settings import KafkaSettings
-from consumers.worker import WorkerSettings
 from pixfleet.blobs.s3_settings import S3Settings
 from tests.deploy.manifests import (
     COMPOSE_FILE,
@@ -35,6 +34,7 @@ from tests.deploy.manifests import (
     pyproject,
     services,
     unknown_options,
+    worker_stop_seconds,
 )
 
 #: Seconds a stop needs beyond the drain itself (cancel, give tasks back, close connections).
@@ -135,7 +135,7 @@ def test_the_ingress_is_checked_on_readyz_and_everything_else_on_healthz() -> No
 
 
 def test_worker_stop_grace_period_covers_the_drain_timeout() -> None:
-    drain = WorkerSettings(group="thumbs").drain_timeout
+    drain = worker_stop_seconds()
     grace = duration(services()["worker"]["stop_grace_period"])
     assert grace >= drain + SHUTDOWN_MARGIN, f"{grace} s < drain {drain} s + {SHUTDOWN_MARGIN}"
 

@@ -14,7 +14,6 @@ import pytest
 
 from brokers.amqp.settings import AmqpSettings
 from brokers.kafka.settings import KafkaSettings
-from consumers.worker import WorkerSettings
 from pixfleet.blobs.s3_settings import S3Settings
 from tests.deploy.manifests import (
     K8S,
@@ -34,6 +33,7 @@ from tests.deploy.manifests import (
     pyproject,
     rendered,
     unknown_options,
+    worker_stop_seconds,
 )
 
 #: Oldest Kubernetes these manifests are meant for (PodDisruptionBudget policy/v1, probes on
@@ -186,7 +186,7 @@ def test_worker_probes_its_named_metrics_port_9000() -> None:
 
 def test_worker_grace_period_covers_the_drain_timeout() -> None:
     spec = _worker(_base())["spec"]["template"]["spec"]
-    drain = WorkerSettings(group="thumbs").drain_timeout
+    drain = worker_stop_seconds()
     assert spec["terminationGracePeriodSeconds"] >= drain + SHUTDOWN_MARGIN
 
 
