@@ -103,9 +103,7 @@ class IngressFleet:
         return instance
 
 
-def wait_json(
-    client: httpx.Client, url: str, *, until: str, timeout: float = 30
-) -> dict[str, Any]:
+def wait_json(client: httpx.Client, url: str, *, until: str, timeout: float = 30) -> dict[str, Any]:
     """GET ``url`` until its ``state`` is ``until``; the last body."""
     deadline = time.monotonic() + timeout
     body: dict[str, Any] = {}
