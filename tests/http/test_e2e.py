@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -26,18 +30,10 @@ B_PNG = images.png_bytes(320, 200)
 
 
 def test_two_files_are_processed_and_readable_from_the_other_instance(
-    ingress_fleet: IngressFleet,
+    ingress_fleet: IngressFleet, tmp_path: Path
 ) -> None:
-    with httpx.Client(base_url=ingress_fleet.a.url, timeout=30) as a:
-        response = a.post(
-            "/v1/uploads",
-            files=[
-                ("file", ("a.jpg", A_JPG, "image/jpeg")),
-                ("file", ("b.png", B_PNG, "image/png")),
-            ],
-        )
-    assert response.status_code == 202, response.text
-    tasks = response.json()["tasks"]
+    tasks = _upload_like_curl(ingress_fleet.a.url, tmp_path)
+    assert [t["filename"] for t in tasks] == ["a.jpg", "b.png"]
     assert len({t["task_id"] for t in tasks}) == 2
     with httpx.Client(base_url=ingress_fleet.b.url, timeout=30) as b:
         for task in tasks:
@@ -118,6 +114,28 @@ def test_readiness_and_metrics_of_a_live_instance(ingress_fleet: IngressFleet) -
         metrics = a.get("/metrics")
         assert metrics.status_code == 200 and "pixfleet_uploads_total" in metrics.text
         assert json.loads(a.get("/openapi.json").text)["info"]["title"] == "pixfleet ingress"
+
+
+def _upload_like_curl(url: str, tmp_path: Path) -> list[dict[str, Any]]:
+    """``curl -F file=@a.jpg -F file=@b.png URL/v1/uploads`` (httpx when there is no curl)."""
+    (tmp_path / "a.jpg").write_bytes(A_JPG)
+    (tmp_path / "b.png").write_bytes(B_PNG)
+    curl = shutil.which("curl")
+    if curl is None:
+        files = [("file", ("a.jpg", A_JPG)), ("file", ("b.png", B_PNG))]
+        response = httpx.post(f"{url}/v1/uploads", files=files, timeout=30)
+        assert response.status_code == 202, response.text
+        body: dict[str, Any] = response.json()
+    else:
+        argv = [curl, "-sS", "-w", "\\n%{http_code}", "-F", "file=@a.jpg", "-F", "file=@b.png"]
+        done = subprocess.run(
+            [*argv, f"{url}/v1/uploads"], cwd=tmp_path, capture_output=True, text=True, check=True
+        )
+        text, _, status = done.stdout.rpartition("\n")
+        assert status == "202", done.stdout
+        body = json.loads(text)
+    tasks: list[dict[str, Any]] = body["tasks"]
+    return tasks
 
 
 def _audit() -> dict[str, str]:
