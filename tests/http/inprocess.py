@@ -3,6 +3,7 @@ through httpx's ASGI transport (no socket, no server process)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -63,3 +64,13 @@ async def running_api(
         asgi = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
         async with httpx.AsyncClient(transport=asgi, base_url="http://ingress") as client:
             yield Api(client, app, transport, store)
+
+
+def parse_sse(text: str) -> list[tuple[str, dict[str, object]]]:
+    """(event, data) of each event in a ``text/event-stream`` body."""
+    events = []
+    for block in text.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if "event" in fields:
+            events.append((fields["event"], json.loads(fields["data"])))
+    return events

@@ -19,9 +19,9 @@ import pytest
 from PIL import Image
 
 from tests.helpers import images
+from tests.http.inprocess import parse_sse
 from tests.http.media import noise_jpeg
 from tests.http.procs import IngressFleet, wait_json
-from tests.http.test_service import parse_sse
 
 pytestmark = pytest.mark.e2e
 

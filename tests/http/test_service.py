@@ -4,7 +4,6 @@ broker failures and bugs - each answered as the API promises."""
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 
 import httpx
@@ -17,20 +16,10 @@ from pixfleet.errors import PublishFailed
 from pixfleet.records import read_task, record_result
 from tests.helpers import images
 from tests.helpers.tasks import make_result
-from tests.http.inprocess import Api, files, running_api
+from tests.http.inprocess import Api, files, parse_sse, running_api
 
 JPEG = images.jpeg_bytes(320, 240)
 TOKEN = "s3cret-token-of-the-tests"
-
-
-def parse_sse(text: str) -> list[tuple[str, dict[str, object]]]:
-    """(event, data) of each event in a ``text/event-stream`` body."""
-    events = []
-    for block in text.split("\n\n"):
-        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
-        if "event" in fields:
-            events.append((fields["event"], json.loads(fields["data"])))
-    return events
 
 
 async def _upload(api: Api, *, groups: str = "thumbs") -> Task:
