@@ -32,7 +32,13 @@ from producer.http.views import (
     task_view,
 )
 
-Svc = Annotated[Services, Depends(services_of)]
+
+async def _services(request: Request) -> Services:
+    """The instance's services (an ``async`` dependency: FastAPI runs plain ones in threads)."""
+    return services_of(request)
+
+
+Svc = Annotated[Services, Depends(_services)]
 #: Seconds /readyz waits for the broker and the blob store.
 READY_TIMEOUT = 2.0
 #: A key /readyz looks up (it need not exist: the store must answer).
@@ -70,7 +76,7 @@ _MULTIPART = {
 }
 
 
-def require_token(request: Request, svc: Svc) -> None:
+async def require_token(request: Request, svc: Svc) -> None:
     """Bearer-token check for ``/v1``: ``Authorization: Bearer <token>``, or the
     ``access_token`` query parameter for what cannot send headers (``EventSource``, ``<img>``)."""
     expected = svc.settings.token

@@ -105,10 +105,9 @@ async def _head(body: AsyncIterator[bytes]) -> tuple[bytes, bool]:
 
 
 async def _coalesce(head: bytes, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """``head``, then ``body`` gathered into writes of about :data:`WRITE_BYTES` (one copy)."""
-    yield head
-    parts: list[bytes] = []
-    size = 0
+    """``head`` and ``body`` gathered into writes of about :data:`WRITE_BYTES` (one copy)."""
+    parts: list[bytes] = [head]
+    size = len(head)
     async for chunk in body:
         parts.append(chunk)
         size += len(chunk)
