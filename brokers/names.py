@@ -41,8 +41,13 @@ def amqp_group_queue(group: str) -> str:
     return f"pixfleet.group.{group}"
 
 
-def amqp_retry_queue(group: str) -> str:
-    return f"pixfleet.retry.{group}"
+#: Delays (seconds) of the per-delay retry queues; a retry waits for the next one up (capped).
+AMQP_RETRY_DELAYS = (1, 2, 5, 10, 30, 60, 300, 900, 3600)
+
+
+def amqp_retry_queue(group: str, seconds: int) -> str:
+    """Delayed retries of ``group`` due after ``seconds`` (one of :data:`AMQP_RETRY_DELAYS`)."""
+    return f"pixfleet.retry.{group}.{seconds}s"
 
 
 def amqp_dead_queue(group: str) -> str:
@@ -72,3 +77,13 @@ def kafka_dead_topic(group: str) -> str:
 
 def kafka_reply_topic(channel: str) -> str:
     return f"pixfleet.reply.{channel}"
+
+
+def kafka_reply_dead_topic(channel: str) -> str:
+    """Dead letters of a reply channel (results that are no envelope)."""
+    return f"pixfleet.dead-reply.{channel}"
+
+
+def kafka_inflight_topic(group: str) -> str:
+    """Group ``group``'s deliveries not yet settled, per partition (crash redeliveries count)."""
+    return f"pixfleet.inflight.{group}"

@@ -1,6 +1,11 @@
-"""The publishing channel and everything done on it, shared by a transport and its
-subscriptions: confirmed publishes that survive a reconnect, queue preparation, and the dead-letter
-and delayed-retry copies a subscription makes when a delivery is nacked.
+"""The channels of a transport and everything done on them, shared by the transport and its
+subscriptions: confirmed publishes that survive a reconnect and fail fast when RabbitMQ blocks
+publishers, queue preparation, and the dead-letter and delayed-retry copies a subscription makes
+when a delivery is nacked.
+
+Publishing happens on one connection, consuming (and inspection) on another: during a memory or
+disk alarm RabbitMQ stops reading from connections that publish, and a worker's acks must not
+wait behind its replies.
 """
 
 from __future__ import annotations
@@ -16,10 +21,11 @@ from aio_pika.abc import AbstractChannel
 
 from brokers import names
 from brokers.amqp.connection import AmqpConnection
-from brokers.amqp.failures import RETRYABLE, Patience, confirmed, describe
+from brokers.amqp.failures import BLOCKED_GRACE, RETRYABLE, Patience, confirmed, describe
 from brokers.amqp.inspector import AmqpInspector
 from brokers.amqp.topology import Topology
-from pixfleet.errors import BrokerError, BrokerUnavailable
+from pixfleet.envelope import MAX_BODY_BYTES
+from pixfleet.errors import BrokerBlocked, BrokerError, BrokerUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -27,36 +33,38 @@ T = TypeVar("T")
 
 
 class AmqpChannels:
-    """Channels on one :class:`AmqpConnection`: a publishing channel (publisher confirms,
-    ``on_return_raises``) that is replaced after a connection loss, and fresh ones on request."""
+    """Channels of a transport: a publishing channel (publisher confirms, ``on_return_raises``)
+    on ``publishing``, replaced after a connection loss, and fresh channels on ``consuming``
+    (the same connection if none is given) for subscriptions and inspection."""
 
-    def __init__(self, connection: AmqpConnection) -> None:
-        self.settings = connection.settings
-        self.inspector = AmqpInspector(connection)
+    def __init__(self, publishing: AmqpConnection, consuming: AmqpConnection | None = None) -> None:
+        self.settings = publishing.settings
+        self._connection = publishing
+        self._consuming = consuming or publishing
+        self.inspector = AmqpInspector(self._consuming)
         self.topology = Topology(self.settings, self.inspector.groups)
-        self._connection = connection
         self._pub: AbstractChannel | None = None
         self._pub_generation = 0
 
     async def open_channel(self) -> AbstractChannel:
-        """A new channel of its own (the caller closes it)."""
-        return await self._connection.open_channel()
+        """A new channel of its own on the consuming connection, one connection attempt at
+        most (the caller closes it; a subscription paces its own retries)."""
+        return await self._consuming.open_channel(patient=False)
 
-    async def queue_counts(self, queue: str) -> tuple[int, int]:
-        """(ready messages, consumers) of a queue; (0, 0) if it does not exist."""
-        return await self.inspector.queue_counts(queue)
+    async def waiting(self, queue: str, group: str | None) -> int:
+        """Ready messages of ``queue`` plus the delayed retries of ``group``."""
+        return await self.inspector.waiting(queue, group)
 
     async def with_channel(self, op: Callable[[AbstractChannel], Awaitable[T]]) -> T:
         """Run ``op`` on the publishing channel within ``op_timeout``; after a connection loss,
         reconnect and run it again until ``reconnect_timeout`` (so a retried publish may
-        duplicate: at-least-once). Raises :class:`BrokerError` when RabbitMQ refuses a
-        declaration and :class:`BrokerUnavailable` when the broker stays out of reach."""
+        duplicate: at-least-once). Raises :class:`BrokerBlocked` when RabbitMQ has blocked the
+        connection for :data:`BLOCKED_GRACE` seconds (an alarm), :class:`BrokerError` when it
+        refuses a declaration and :class:`BrokerUnavailable` when it stays out of reach."""
         patience = Patience(self.settings.reconnect_timeout)
         while True:
             try:
-                channel = await self._publisher()
-                async with asyncio.timeout(self.settings.op_timeout):
-                    return await op(channel)
+                return await self._unless_blocked(self._attempt(op))
             except aiormq.exceptions.ChannelPreconditionFailed as exc:
                 raise BrokerError(f"RabbitMQ refused a declaration: {describe(exc)}") from exc
             except RETRYABLE as exc:
@@ -70,7 +78,8 @@ class AmqpChannels:
                 await asyncio.sleep(wait)
 
     async def prepare_queue(self, queue: str, group: str | None) -> None:
-        """Make sure a subscription's queue exists before consuming from it."""
+        """Make sure a subscription's queue exists and its group is registered (publishing
+        connection)."""
 
         async def op(channel: AbstractChannel) -> None:
             if group is not None:
@@ -80,10 +89,33 @@ class AmqpChannels:
 
         await self.with_channel(op)
 
+    async def declare_for_consuming(
+        self, channel: AbstractChannel, queue: str, group: str | None
+    ) -> None:
+        """Declare what a subscription of ``queue`` needs on its own (consuming) channel; no
+        publish, so an alarm cannot block the consuming connection."""
+        topology = Topology(self.settings, self.inspector.groups)
+        if group is not None:
+            await topology.declare_group(channel, group, register=False)
+        elif queue == names.amqp_reply_queue(names.DEFAULT_RESULTS):
+            await topology.declare_results(channel)
+
+    async def register(self, group: str) -> None:
+        """Add ``group`` to the registry (a publish: on the publishing connection)."""
+
+        async def op(channel: AbstractChannel) -> None:
+            await self.topology.declare_group(channel, group)
+
+        await self.with_channel(op)
+
     async def dead_letter(
         self, group: str, body: bytes, headers: dict[str, Any], reason: str
     ) -> None:
-        """Publish a copy to the group's dead queue with the reason (confirmed)."""
+        """Publish a copy to the group's dead queue with the reason (confirmed). A body over
+        the envelope limit is cut to it (the reason says so)."""
+        if len(body) > MAX_BODY_BYTES:
+            reason = f"{reason} [body of {len(body)} bytes cut to {MAX_BODY_BYTES}]"
+            body = body[:MAX_BODY_BYTES]
         message = Message(
             body,
             delivery_mode=DeliveryMode.PERSISTENT,
@@ -101,25 +133,47 @@ class AmqpChannels:
     async def delay(
         self, group: str, body: bytes, headers: dict[str, Any], delay: float, deliveries: int
     ) -> None:
-        """Publish a copy to the group's retry queue; it returns to the group after ``delay``."""
+        """Publish a copy to the group's retry queue for ``delay`` (rounded up to a retry
+        queue's delay); it returns to the group queue when that runs out."""
         message = Message(
             body,
             delivery_mode=DeliveryMode.PERSISTENT,
             content_type="application/json",
-            expiration=max(delay, 0.001),
             headers={**headers, names.AMQP_HEADER_DELIVERIES: deliveries},
         )
 
         async def op(channel: AbstractChannel) -> None:
             await self.topology.declare_group(channel, group)
-            await confirmed(
-                channel.default_exchange.publish(
-                    message, routing_key=names.amqp_retry_queue(group)
-                ),
-                what="delayed retry",
-            )
+            queue = await self.topology.retry_queue(channel, group, delay)
+            publishing = channel.default_exchange.publish(message, routing_key=queue)
+            await confirmed(publishing, what="delayed retry")
 
         await self.with_channel(op)
+
+    async def _attempt(self, op: Callable[[AbstractChannel], Awaitable[T]]) -> T:
+        channel = await self._publisher()
+        async with asyncio.timeout(self.settings.op_timeout):
+            return await op(channel)
+
+    async def _unless_blocked(self, work: Awaitable[T]) -> T:
+        """Await ``work``; if it is still pending after :data:`BLOCKED_GRACE` seconds on a
+        connection RabbitMQ blocks, give up with :class:`BrokerBlocked` (not confirmed: a
+        publish already sent may still be stored once the alarm clears)."""
+        task = asyncio.ensure_future(work)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=BLOCKED_GRACE)
+            if not done and await self._connection.blocked():
+                raise BrokerBlocked(
+                    f"{self._connection.url} blocks publishers (memory or disk alarm);"
+                    " nothing was confirmed, try again later"
+                )
+            return await task
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.wait({task})
+                if not task.cancelled():
+                    task.exception()  # retrieved: it is superseded by ours
 
     async def _publisher(self) -> AbstractChannel:
         """The publishing channel, replaced (with the topology cache) when it or its

@@ -14,7 +14,13 @@ from collections.abc import Awaitable
 import aiormq
 
 from brokers.policy import RECONNECT
-from pixfleet.errors import PublishFailed, Unroutable
+from pixfleet.errors import (
+    BrokerBlocked,
+    BrokerError,
+    BrokerUnavailable,
+    PublishFailed,
+    Unroutable,
+)
 
 #: What a lost connection or channel looks like from aio-pika / aiormq.
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -28,6 +34,18 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 
 #: Worth retrying after a reconnect.
 RETRYABLE: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, TimeoutError)
+
+#: What a consumer waits out forever (anything else - credentials, vhost, a refused
+#: declaration - is a configuration error and raised).
+TRANSIENT: tuple[type[BaseException], ...] = (*RETRYABLE, BrokerUnavailable, BrokerBlocked)
+
+#: A confirmed copy (dead letter, delayed retry) or a registration could not be made: the
+#: transient trouble above, or RabbitMQ refusing it (unroutable, nacked, a declaration).
+COPY_FAILURES: tuple[type[BaseException], ...] = (*TRANSIENT, BrokerError)
+
+#: Seconds a publish may wait on a connection RabbitMQ has blocked (memory or disk alarm)
+#: before it fails with :class:`BrokerBlocked`.
+BLOCKED_GRACE = 2.0
 
 
 def describe(exc: BaseException) -> str:

@@ -32,24 +32,46 @@ class AmqpInspector:
 
     async def queue_counts(self, queue: str) -> tuple[int, int]:
         """(ready messages, consumers) of a queue; (0, 0) if it does not exist."""
-        channel = await self._opener.open_channel()
+        [counts] = await self.counts_of([queue])
+        return counts
+
+    async def counts_of(self, queues: list[str]) -> list[tuple[int, int]]:
+        """(ready messages, consumers) of each queue, (0, 0) for a missing one, on one channel
+        (a missing queue closes it: the next one gets a fresh channel)."""
+        out: list[tuple[int, int]] = []
+        channel: AbstractChannel | None = None
         try:
-            declared = await channel.declare_queue(queue, passive=True, timeout=self._timeout)
-            result = declared.declaration_result
-            return int(result.message_count or 0), int(result.consumer_count or 0)
-        except aiormq.exceptions.ChannelNotFoundEntity:
-            return 0, 0
+            for queue in queues:
+                if channel is None or channel.is_closed:
+                    channel = await self._opener.open_channel()
+                try:
+                    declared = await channel.declare_queue(
+                        queue, passive=True, timeout=self._timeout
+                    )
+                except aiormq.exceptions.ChannelNotFoundEntity:
+                    out.append((0, 0))
+                    continue
+                result = declared.declaration_result
+                out.append((int(result.message_count or 0), int(result.consumer_count or 0)))
         finally:
-            if not channel.is_closed:
+            if channel is not None and not channel.is_closed:
                 await channel.close()
+        return out
+
+    async def waiting(self, queue: str, group: str | None) -> int:
+        """Messages waiting for a subscription of ``queue``: ready ones, plus the delayed
+        retries of ``group``."""
+        delayed = (
+            [names.amqp_retry_queue(group, s) for s in names.AMQP_RETRY_DELAYS] if group else []
+        )
+        return sum(ready for ready, _ in await self.counts_of([queue, *delayed]))
 
     async def stats(self, group: str) -> GroupStats:
-        ready, consumers = await self.queue_counts(names.amqp_group_queue(group))
-        delayed, _ = await self.queue_counts(names.amqp_retry_queue(group))
-        dead, _ = await self.queue_counts(names.amqp_dead_queue(group))
-        return GroupStats(
-            group, ready=ready + delayed, in_flight=None, dead=dead, consumers=consumers
-        )
+        retries = [names.amqp_retry_queue(group, s) for s in names.AMQP_RETRY_DELAYS]
+        queues = [names.amqp_group_queue(group), names.amqp_dead_queue(group), *retries]
+        [(ready, consumers), (dead, _), *delayed] = await self.counts_of(queues)
+        waiting = ready + sum(n for n, _ in delayed)
+        return GroupStats(group, ready=waiting, in_flight=None, dead=dead, consumers=consumers)
 
     async def groups(self) -> tuple[str, ...]:
         bodies = await self._peek(names.AMQP_GROUP_REGISTRY, limit=10_000)

@@ -7,7 +7,8 @@ pixfleet's own options (removed before the URL reaches aio-pika):
 
     delivery_limit=10      deliveries before a task is dead-lettered (quorum x-delivery-limit)
     connect_timeout=10     seconds to keep trying the first connection
-    reconnect_timeout=60   seconds an operation keeps retrying after a connection loss
+    reconnect_timeout=60   seconds a publish/reply keeps retrying after a connection loss
+                           (a subscription keeps retrying for as long as it takes)
     op_timeout=15          seconds for one broker round trip (declare, publish confirm, ...)
     reply_ttl=900          seconds an unused private reply queue lives (x-expires)
 

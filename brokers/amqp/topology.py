@@ -5,9 +5,11 @@
   on its own header and the ``all`` header, so one publish reaches every target.
 * ``pixfleet.group.<g>`` - durable quorum queue with ``x-delivery-limit`` and at-least-once
   dead-lettering to ``pixfleet.dead`` (routing key ``<g>``) -> ``pixfleet.dead.<g>``.
-* ``pixfleet.retry.<g>`` - delayed retries: per-message TTL, then dead-lettered back into the
-  group queue (RabbitMQ has no native delay).
-* ``pixfleet.reply.<channel>`` - reply queues; ``results`` is durable, private ones expire.
+* ``pixfleet.retry.<g>.<n>s`` - delayed retries, one quorum queue per delay in
+  :data:`brokers.names.AMQP_RETRY_DELAYS` (declared when first used): a queue-wide TTL of ``n``
+  seconds, then dead-lettered (at-least-once) back into the group queue. Every message of one
+  queue has the same TTL, so none waits behind a longer one (RabbitMQ has no native delay).
+* ``pixfleet.reply.<channel>`` - reply queues, durable; private ones expire when unused.
 * ``pixfleet.groups`` - registry of every group ever declared (one message per group).
 """
 
@@ -44,22 +46,39 @@ class Topology:
     async def dead_exchange(self, channel: AbstractChannel) -> AbstractExchange:
         return await self._exchange(channel, names.AMQP_DEAD_EXCHANGE, ExchangeType.DIRECT)
 
-    async def declare_group(self, channel: AbstractChannel, group: str) -> None:
-        """Declare a group's queues and bindings, and register the group."""
+    async def declare_group(
+        self, channel: AbstractChannel, group: str, *, register: bool = True
+    ) -> None:
+        """Declare a group's queues and bindings, and (``register``) add the group to the
+        registry - a publish, so a consuming connection passes ``register=False``."""
         if group in self._declared:
             return
         await self._declare_dead_queue(channel, group)
         await self._declare_group_queue(channel, group)
-        await channel.declare_queue(
-            names.amqp_retry_queue(group),
-            durable=True,
-            arguments={
-                "x-dead-letter-exchange": "",
-                "x-dead-letter-routing-key": names.amqp_group_queue(group),
-            },
-        )
+        if register:
+            await self._register(channel, group)
         self._declared.add(group)
-        await self._register(channel, group)
+
+    async def retry_queue(self, channel: AbstractChannel, group: str, delay: float) -> str:
+        """The retry queue that holds a copy for at least ``delay`` seconds (the next delay
+        up in :data:`~brokers.names.AMQP_RETRY_DELAYS`, at most the longest), declared."""
+        seconds = retry_bucket(delay)
+        queue = names.amqp_retry_queue(group, seconds)
+        if queue not in self._declared:
+            await channel.declare_queue(
+                queue,
+                durable=True,
+                arguments={
+                    "x-queue-type": "quorum",
+                    "x-message-ttl": seconds * 1000,
+                    "x-dead-letter-exchange": "",
+                    "x-dead-letter-routing-key": names.amqp_group_queue(group),
+                    "x-dead-letter-strategy": "at-least-once",
+                    "x-overflow": "reject-publish",
+                },
+            )
+            self._declared.add(queue)
+        return queue
 
     async def declare_results(self, channel: AbstractChannel) -> None:
         """Declare the durable default results channel."""
@@ -118,3 +137,11 @@ class Topology:
             routing_key=names.AMQP_GROUP_REGISTRY,
             mandatory=True,
         )
+
+
+def retry_bucket(delay: float) -> int:
+    """The shortest retry-queue delay not below ``delay`` (the longest if none is)."""
+    for seconds in names.AMQP_RETRY_DELAYS:
+        if seconds >= delay:
+            return seconds
+    return names.AMQP_RETRY_DELAYS[-1]

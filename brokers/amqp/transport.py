@@ -3,21 +3,21 @@
 Topology: :mod:`brokers.amqp.topology` (names in :mod:`brokers.names`; see ``docs/rabbitmq.md``).
 
 Delivery: persistent messages, publisher confirms, ``mandatory`` publishing (unroutable or nacked
-publishes raise), manual acks, ``basic.qos`` = prefetch. Connections: one per transport
-(:class:`~brokers.amqp.connection.AmqpConnection`), a channel for publishing
-(:class:`~brokers.amqp.channels.AmqpChannels`) and one per subscription. pixfleet reconnects
-itself (no ``connect_robust``) and re-subscribes, so a broker that drops every connection cannot
-leave a worker connected with zero consumers.
+publishes raise), manual acks, ``basic.qos`` = prefetch. Connections: two per transport
+(:class:`~brokers.amqp.connection.AmqpConnection`), one that publishes (a channel with confirms,
+:class:`~brokers.amqp.channels.AmqpChannels`) and one that consumes and inspects (a channel per
+subscription), so a memory or disk alarm, which blocks publishing connections, never holds up
+acks. pixfleet reconnects itself (no ``connect_robust``) and re-subscribes, so a broker that
+drops every connection cannot leave a worker connected with zero consumers.
 """
 
 from __future__ import annotations
 
 import logging
-import uuid
+import secrets
 from collections.abc import Callable
 from typing import Any, Self, TypeVar
 
-import aiormq
 from aio_pika import DeliveryMode, Message
 from aio_pika.abc import AbstractChannel
 
@@ -29,6 +29,7 @@ from brokers.amqp.settings import AmqpSettings
 from brokers.amqp.subscription import AmqpSubscription
 from brokers.contract import DeadLetter, Delivery, GroupStats, Subscription
 from pixfleet.envelope import Result, Task, decode_result, decode_task, encode
+from pixfleet.errors import Unroutable
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,9 @@ class AmqpTransport:
 
     def __init__(self, settings: AmqpSettings) -> None:
         self.settings = settings
-        self._connection = AmqpConnection(settings)
-        self._channels = AmqpChannels(self._connection)
+        self._connection = AmqpConnection(settings, role="publish")
+        self._consuming = AmqpConnection(settings, role="consume")
+        self._channels = AmqpChannels(self._connection, self._consuming)
         self._inspector = self._channels.inspector
         self._subs: set[AmqpSubscription[Any]] = set()  # open ones, closed by close()
 
@@ -62,7 +64,8 @@ class AmqpTransport:
 
     async def close(self) -> None:
         """Cancel subscriptions (their unacked deliveries return to the queue) and disconnect."""
-        await self._connection.close(first=self._close_subscriptions)
+        await self._consuming.close(first=self._close_subscriptions)
+        await self._connection.close()
 
     async def _close_subscriptions(self) -> None:
         for sub in list(self._subs):
@@ -89,9 +92,10 @@ class AmqpTransport:
             await self._channels.topology.declare_results(channel)
             exchange = channel.default_exchange
             try:
-                await exchange.publish(message, routing_key=names.amqp_reply_queue(reply_to))
+                publishing = exchange.publish(message, routing_key=names.amqp_reply_queue(reply_to))
+                await confirmed(publishing, what="result")
                 return reply_to
-            except aiormq.exceptions.PublishError:
+            except Unroutable:
                 log.info(
                     "reply channel %s is gone; result goes to %s", reply_to, names.DEFAULT_RESULTS
                 )
@@ -102,12 +106,16 @@ class AmqpTransport:
         return await self._channels.with_channel(op)
 
     async def open_reply_channel(self) -> str:
-        channel_name = f"{names.PRIVATE_REPLY_PREFIX}{uuid.uuid4().hex}"
+        """A private reply queue: classic, durable (its results survive a broker restart),
+        expiring after ``reply_ttl`` unused, named with 128 random bits. It is not exclusive:
+        an exclusive queue dies with its connection, so a waiter could not survive a reconnect;
+        the unguessable name is what keeps others out (see docs/rabbitmq.md)."""
+        channel_name = f"{names.PRIVATE_REPLY_PREFIX}{secrets.token_hex(16)}"
 
         async def op(channel: AbstractChannel) -> None:
             await channel.declare_queue(
                 names.amqp_reply_queue(channel_name),
-                durable=False,
+                durable=True,
                 arguments={"x-expires": int(self.settings.reply_ttl * 1000)},
             )
 
