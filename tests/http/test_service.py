@@ -12,7 +12,7 @@ import pytest
 from brokers.contract import Transport
 from pixfleet.blobs import store_output
 from pixfleet.envelope import Task
-from pixfleet.errors import PublishFailed
+from pixfleet.errors import BrokerBlocked, PublishFailed
 from pixfleet.records import read_task, record_result
 from tests.helpers import images
 from tests.helpers.tasks import make_result
@@ -213,3 +213,13 @@ async def test_a_page_served_under_a_prefix_links_relative(tmp_path: Path) -> No
             response = await client.post("/ingress/v1/uploads", files=files(("a.jpg", JPEG)))
             assert response.status_code == 202, response.text
             assert response.json()["tasks"][0]["status_url"].startswith("/ingress/v1/tasks/")
+
+
+async def test_a_blocked_broker_is_429(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def blocked(task: Task) -> None:
+        raise BrokerBlocked("memory alarm (test)")
+
+    monkeypatch.setattr(api.transport, "publish", blocked)
+    response = await api.client.post("/v1/uploads", files=files(("a.jpg", JPEG)))
+    assert (response.status_code, response.json()["error"]["code"]) == (429, "broker.blocked")
+    assert response.headers["retry-after"] == "5"
