@@ -127,6 +127,8 @@ class PrivateRabbit:
     name: str = ""
     port: int = 0
     tls: bool = False  # also listen with TLS on tls_port, certificates from a throwaway CA
+    app_stopped: bool = False  # stop_app was called (an outage in progress)
+    alarmed: bool = False  # the disk alarm is raised
 
     def __post_init__(self) -> None:
         self.name = self.name or f"pixfleet-fault-{uuid.uuid4().hex[:6]}@localhost"
@@ -193,6 +195,30 @@ class PrivateRabbit:
 
     def close_all_connections(self) -> None:
         ctl("close_all_connections", "pixfleet fault test", node=self.name)
+
+    def stop_app(self) -> None:
+        """An outage: RabbitMQ stops (every connection is closed, new ones are refused) while
+        the Erlang node keeps running, so :meth:`start_app` brings it back in seconds."""
+        self.app_stopped = True
+        ctl("stop_app", node=self.name)
+
+    def start_app(self) -> None:
+        ctl("start_app", node=self.name)
+        ctl("await_startup", node=self.name)
+        self.app_stopped = False
+
+    def ensure_app(self) -> None:
+        """Back to normal after a test that failed during an outage or an alarm."""
+        if self.app_stopped:
+            self.start_app()
+        if self.alarmed:
+            self.disk_alarm(False)
+
+    def disk_alarm(self, on: bool) -> None:
+        """Raise (a free-disk limit no disk meets) or clear RabbitMQ's disk alarm, which blocks
+        every connection that publishes."""
+        ctl("set_disk_free_limit", "1000000GB" if on else "1MB", node=self.name)
+        self.alarmed = on
 
     def stop(self) -> None:
         with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
