@@ -10,7 +10,8 @@ when the caller wants more, so memory is O(chunk) whatever the size of a part::
         async for chunk in part.chunks():
             ...
 
-Raises :class:`~producer.http.errors.RequestInvalid` for a malformed or truncated body and
+Raises :class:`~producer.http.errors.RequestInvalid` for a malformed or truncated body (or a
+client that went away) and
 :class:`~producer.http.errors.RequestTooLarge` once more than ``max_bytes`` arrived.
 """
 
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect
 
 from producer.http.errors import NotMultipart, RequestInvalid, RequestTooLarge
 
@@ -145,10 +147,13 @@ class MultipartReader:
         """Read and discard the rest of the body, at most ``limit`` bytes of it; True if the
         body was read to its end (so the connection stays usable for the response)."""
         seen = 0
-        async for chunk in self._body:
-            seen += len(chunk)
-            if seen > limit:
-                return False
+        try:
+            async for chunk in self._body:
+                seen += len(chunk)
+                if seen > limit:
+                    return False
+        except ClientDisconnect:
+            return False
         return True
 
     async def _feed(self) -> None:
@@ -157,6 +162,8 @@ class MultipartReader:
         except StopAsyncIteration:
             self._finished = True
             return
+        except ClientDisconnect as exc:
+            raise RequestInvalid("the client went away before the body ended") from exc
         self.received += len(chunk)
         if self.received > self._max_bytes:
             raise RequestTooLarge(f"request body exceeds the limit of {self._max_bytes} bytes")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -106,6 +107,28 @@ def test_sigterm_lets_the_upload_in_flight_finish_and_exits_0(
     assert "Traceback" not in instance.log()
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{instance.url}/healthz")
+
+
+def test_a_client_that_goes_away_mid_upload_publishes_nothing(
+    ingress_fleet: IngressFleet,
+) -> None:
+    instance = ingress_fleet.a
+    boundary = "pixfleet-abandoned"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="groups"\r\n\r\naborted\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\n'
+    ).encode() + A_JPG[:20_000]
+    request = (
+        f"POST /v1/uploads HTTP/1.1\r\nHost: x\r\nContent-Length: {len(head) + 10**6}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", instance.port), timeout=10) as sock:
+        sock.sendall(request + head)
+        time.sleep(0.3)
+    time.sleep(0.3)
+    assert httpx.get(f"{instance.url}/healthz").status_code == 200
+    assert ingress_fleet.stats("aborted").ready == 0
+    assert "Traceback" not in instance.log()
 
 
 def test_readiness_and_metrics_of_a_live_instance(ingress_fleet: IngressFleet) -> None:
