@@ -83,6 +83,10 @@ def test_the_page_uploads_images_and_shows_their_thumbnails(
             )
             assert page.locator(".links a").count() >= 3
             page.screenshot(path=str(shot), full_page=True)
+            page.set_viewport_size({"width": 390, "height": 844})  # a phone
+            overflow = page.evaluate("document.documentElement.scrollWidth - innerWidth")
+            assert overflow <= 0, f"the page is {overflow} px wider than a phone"
+            page.screenshot(path=str(tmp_path / "ingress-phone.png"), full_page=True)
         finally:
             context.close()
     assert shot.stat().st_size > 10_000
