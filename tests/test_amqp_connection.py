@@ -10,8 +10,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from brokers.amqp import AmqpTransport
-from pixfleet.errors import BrokerAuthFailed
-from tests.helpers.tasks import unique
+from pixfleet.errors import BrokerAuthFailed, BrokerError
+from tests.helpers.tasks import make_task, unique
 
 
 def _unknown_vhost(amqp_session_url: str) -> str:
@@ -39,3 +39,17 @@ async def test_a_subscription_on_an_unknown_vhost_raises_instead_of_waiting(
                 await anext(sub)
     finally:
         await transport.close()
+
+
+async def test_a_subscription_with_another_delivery_limit_raises_instead_of_waiting(
+    amqp_session_url: str,
+) -> None:
+    """RabbitMQ refuses to redeclare a queue with other arguments: a configuration error."""
+    group = unique("cfg")
+    async with AmqpTransport.from_url(f"{amqp_session_url}?delivery_limit=3") as first:
+        await first.publish(make_task(group))  # declares the group queue with limit 3
+    async with AmqpTransport.from_url(f"{amqp_session_url}?delivery_limit=5") as other:
+        sub = other.consume(group)
+        async with asyncio.timeout(5):
+            with pytest.raises(BrokerError, match="refused a declaration"):
+                await anext(sub)

@@ -15,6 +15,7 @@ import aiormq
 
 from brokers.policy import RECONNECT
 from pixfleet.errors import (
+    BrokerAuthFailed,
     BrokerBlocked,
     BrokerError,
     BrokerUnavailable,
@@ -46,6 +47,21 @@ COPY_FAILURES: tuple[type[BaseException], ...] = (*TRANSIENT, BrokerError)
 #: Seconds a publish may wait on a connection RabbitMQ has blocked (memory or disk alarm)
 #: before it fails with :class:`BrokerBlocked`.
 BLOCKED_GRACE = 2.0
+
+
+#: Channel errors that retrying cannot fix: a declaration with other arguments than the
+#: existing queue's (another ``delivery_limit``), or no permission on the vhost's resources.
+REFUSALS: tuple[type[BaseException], ...] = (
+    aiormq.exceptions.ChannelPreconditionFailed,
+    aiormq.exceptions.ChannelAccessRefused,
+)
+
+
+def refusal(exc: BaseException) -> BrokerError:
+    """The configuration error a :data:`REFUSALS` exception means."""
+    if isinstance(exc, aiormq.exceptions.ChannelAccessRefused):
+        return BrokerAuthFailed(f"RabbitMQ refused access: {describe(exc)}")
+    return BrokerError(f"RabbitMQ refused a declaration: {describe(exc)}")
 
 
 def describe(exc: BaseException) -> str:

@@ -25,7 +25,7 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from brokers.amqp.delivery import AmqpDelivery, M, Republisher, attempt_of
-from brokers.amqp.failures import COPY_FAILURES, RETRYABLE, TRANSIENT, describe
+from brokers.amqp.failures import COPY_FAILURES, REFUSALS, RETRYABLE, TRANSIENT, describe, refusal
 from brokers.amqp.refusal import refusal_reason, refuse
 from brokers.amqp.settings import AmqpSettings
 from brokers.policy import RECONNECT
@@ -176,6 +176,9 @@ class AmqpSubscription(Generic[M]):
         try:
             async with asyncio.timeout(self._channels.settings.op_timeout):
                 self._consumer = await self._start(channel)
+        except REFUSALS as exc:  # a configuration error: raised, not waited out
+            await _close_quietly(channel)
+            raise refusal(exc) from exc
         except BaseException:
             await _close_quietly(channel)
             raise
