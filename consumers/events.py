@@ -6,6 +6,9 @@ worker calls the hook at these points, synchronously, on the event loop thread:
 * ``task_ok`` - after the result was replied and the delivery acked;
 * ``task_retry`` - after a retryable failure was nacked for another delivery in ``delay`` s;
 * ``task_failed`` - after a final failure got its error result and was dead-lettered;
+* ``task_duplicate`` - a delivery of a (task id, group) whose result was recorded already (a
+  duplicate publish, a redelivery after a crash, a copy that lost the race to record) was
+  settled with the recorded result instead of a second one;
 * ``pool_recycled`` - the process pool was killed and rebuilt (a stuck or crashed child);
 * ``state_changed`` - the worker moved from one :data:`WorkerState` to another.
 
@@ -27,7 +30,9 @@ log = logging.getLogger(__name__)
 
 #: ``starting`` (built, not yet consuming) -> ``consuming`` -> ``draining`` (no new tasks,
 #: in-flight ones finish) -> ``consuming`` again (another ``--burst`` round) or ``stopped``.
-WorkerState = Literal["starting", "consuming", "draining", "stopped"]
+#: ``reconnecting`` stands in for ``consuming`` or ``draining`` while the broker is unavailable
+#: (the subscription failed, or a reply or settle did); the phase comes back once it answers.
+WorkerState = Literal["starting", "consuming", "reconnecting", "draining", "stopped"]
 
 
 class WorkerEvents(Protocol):
@@ -40,6 +45,10 @@ class WorkerEvents(Protocol):
         ...
 
     def task_failed(self, task: Task, error: PixfleetError) -> None: ...
+
+    def task_duplicate(self, task: Task, result: Result) -> None:
+        """This delivery of ``task`` was settled with ``result``, recorded by another one."""
+        ...
 
     def pool_recycled(self, reason: str) -> None: ...
 
@@ -58,6 +67,9 @@ class NoEvents:
     def task_failed(self, task: Task, error: PixfleetError) -> None:
         return None
 
+    def task_duplicate(self, task: Task, result: Result) -> None:
+        return None
+
     def pool_recycled(self, reason: str) -> None:
         return None
 
@@ -71,11 +83,13 @@ NO_EVENTS = NoEvents()
 
 @dataclass
 class WorkerStats(NoEvents):
-    """Counts of final outcomes (``ok``, ``failed``) and retries, as events arrive."""
+    """Counts of final outcomes (``ok``, ``failed``), retries and duplicates (deliveries
+    answered with a result recorded by another delivery), as events arrive."""
 
     ok: int = 0
     failed: int = 0
     retried: int = 0
+    duplicates: int = 0
 
     @property
     def handled(self) -> int:
@@ -89,6 +103,9 @@ class WorkerStats(NoEvents):
 
     def task_failed(self, task: Task, error: PixfleetError) -> None:
         self.failed += 1
+
+    def task_duplicate(self, task: Task, result: Result) -> None:
+        self.duplicates += 1
 
 
 class EventFanout:
@@ -106,6 +123,9 @@ class EventFanout:
 
     def task_failed(self, task: Task, error: PixfleetError) -> None:
         self._each(lambda listener: listener.task_failed(task, error))
+
+    def task_duplicate(self, task: Task, result: Result) -> None:
+        self._each(lambda listener: listener.task_duplicate(task, result))
 
     def pool_recycled(self, reason: str) -> None:
         self._each(lambda listener: listener.pool_recycled(reason))

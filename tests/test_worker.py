@@ -14,16 +14,17 @@ import pytest
 from PIL import Image
 from pydantic import JsonValue
 
-from brokers import Transport, open_transport
+from brokers import Delivery, ReplyChannels, Subscription, TaskQueue, Transport, open_transport
 from consumers.events import NO_EVENTS, WorkerEvents, WorkerState, WorkerStats
 from consumers.pipelines import Pipeline, resolve
 from consumers.pipelines.base import Limits
 from consumers.pool import PipelinePool
 from consumers.worker import Worker, WorkerSettings
-from pixfleet.blobs import store_upload
+from pixfleet.blobs import BlobStore, store_upload
 from pixfleet.blobs.file import FileBlobStore
-from pixfleet.envelope import BlobRef, Result, Task
-from pixfleet.errors import PixfleetError, TaskTimeout
+from pixfleet.envelope import BlobRef, ErrorInfo, Result, Task, WorkerInfo, decode_result, encode
+from pixfleet.errors import BrokerUnavailable, PixfleetError, TaskTimeout
+from pixfleet.records import mark_replied, read_result, record_result, was_replied
 from tests.conftest import BrokerUnderTest
 from tests.helpers import images, pipelines
 from tests.helpers.tasks import unique
@@ -60,16 +61,21 @@ class Rig:
         limits: Limits | None = None,
         delivery_limit: int | None = None,
         events: WorkerEvents = NO_EVENTS,
+        tasks: TaskQueue | None = None,
+        replies: ReplyChannels | None = None,
+        blobs: BlobStore | None = None,
     ) -> WorkerStats:
-        settings = WorkerSettings(group=self.group, concurrency=1, burst=True, retry_backoff=0.05)
+        settings = WorkerSettings(
+            group=self.group, concurrency=1, burst=True, retry_backoff=0.05, reply_grace=0.2
+        )
         if limits is not None:
             settings = dataclasses.replace(settings, limits=limits)
         if delivery_limit is not None:
             settings = dataclasses.replace(settings, delivery_limit=delivery_limit)
         worker = Worker(
-            tasks=self.transport,
-            replies=self.transport,
-            blobs=self.blobs,
+            tasks=tasks or self.transport,
+            replies=replies or self.transport,
+            blobs=blobs or self.blobs,
             pipeline=pipeline or resolve(self.group, "thumbs"),
             pool=self.pool,
             settings=settings,
@@ -79,12 +85,29 @@ class Rig:
             return await worker.run()
 
     async def results(self) -> dict[str, Result]:
-        out: dict[str, Result] = {}
+        return {r.task_id: r for r in await self.raw_results()}
+
+    async def raw_results(self) -> list[Result]:
+        """This rig's results on the default channel (shared by the tests of a session on some
+        transports), duplicates included, in arrival order."""
+        out: list[Result] = []
         async with aclosing(self.transport.replies("results", until_empty=True)) as it:
             async for delivery in it:
-                out[delivery.message.task_id] = delivery.message
+                if delivery.message.group == self.group:
+                    out.append(delivery.message)
                 await delivery.ack()
         return out
+
+    def recorded_elsewhere(self, task: Task, *, ok: bool = True) -> Result:
+        """A result of ``task`` as another worker would have recorded it."""
+        return Result(
+            task_id=task.id,
+            correlation_id=task.correlation_id,
+            group=self.group,
+            status="ok" if ok else "error",
+            error=None if ok else ErrorInfo(code="image.invalid", message="recorded elsewhere"),
+            worker=WorkerInfo(id="elsewhere:1", host="elsewhere", pid=1),
+        )
 
 
 @pytest.fixture
@@ -239,6 +262,7 @@ class Recorder:
     failed: list[tuple[str, str]] = field(default_factory=list)
     recycled: list[str] = field(default_factory=list)
     states: list[tuple[WorkerState, WorkerState]] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
 
     def task_ok(self, task: Task, result: Result) -> None:
         assert result.task_id == task.id and result.status == "ok"
@@ -249,6 +273,10 @@ class Recorder:
 
     def task_failed(self, task: Task, error: PixfleetError) -> None:
         self.failed.append((task.id, error.code))
+
+    def task_duplicate(self, task: Task, result: Result) -> None:
+        assert result.task_id == task.id
+        self.duplicates.append(task.id)
 
     def pool_recycled(self, reason: str) -> None:
         self.recycled.append(reason)
@@ -285,3 +313,165 @@ async def test_events_hear_the_pool_being_recycled(tmp_path: Path, broker: Broke
         await rig.work(pipelines.crash, delivery_limit=1, events=events)
     assert events.recycled == ["a pool process died"]
     assert events.failed == [(task.id, "worker.crashed")]
+
+
+# -- one result per task id (issue 9.4) ----------------------------------------------------------
+
+
+async def test_a_task_published_twice_runs_once_and_answers_once(rig: Rig) -> None:
+    task = await rig.put(images.jpeg_bytes())
+    await rig.transport.publish(task)  # the same task id again: a client retrying its publish
+    events = Recorder()
+    stats = await rig.work(events=events)
+    assert (stats.ok, stats.duplicates) == (1, 1)
+    assert events.duplicates == [task.id]
+    assert [r.task_id for r in await rig.raw_results()] == [task.id]
+    recorded = await read_result(rig.blobs, task.id, rig.group)
+    assert recorded is not None and recorded.status == "ok"
+    assert await was_replied(rig.blobs, task.id, rig.group)
+    stats_after = await rig.transport.stats(rig.group)
+    assert (stats_after.ready, stats_after.dead) == (0, 0)  # both copies acked
+
+
+async def test_a_redelivery_whose_recorder_died_before_replying_replies_from_the_record(
+    rig: Rig,
+) -> None:
+    task = await rig.put(images.jpeg_bytes())
+    recorded = rig.recorded_elsewhere(task)
+    await record_result(rig.blobs, recorded)  # ... and that worker died before its reply
+    stats = await rig.work(pipelines.crash)  # running it again would crash the pool
+    assert (stats.ok, stats.failed, stats.duplicates) == (0, 0, 1)
+    assert rig.pool.recycled == 0
+    assert await rig.raw_results() == [recorded]
+    assert await was_replied(rig.blobs, task.id, rig.group)
+
+
+@pytest.mark.parametrize("ok", [True, False], ids=["ok", "error"])
+async def test_a_redelivery_of_an_answered_task_is_settled_without_running_or_replying(
+    rig: Rig, ok: bool
+) -> None:
+    task = await rig.put(images.jpeg_bytes())
+    await record_result(rig.blobs, rig.recorded_elsewhere(task, ok=ok))
+    await mark_replied(rig.blobs, task.id, rig.group)
+    stats = await rig.work(pipelines.crash)
+    assert (stats.ok, stats.failed, stats.duplicates) == (0, 0, 1)
+    assert rig.pool.recycled == 0
+    assert await rig.raw_results() == []
+    group = await rig.transport.stats(rig.group)
+    assert group.ready == 0
+    # The delivery ends the way its recorded result says: ok is acked, error dead-lettered.
+    dead = await rig.transport.dead_letters(rig.group)
+    assert [d.reason for d in dead] == ([] if ok else ["error[image.invalid]: recorded elsewhere"])
+
+
+class RacingStore(FileBlobStore):
+    """A blob store in which another worker records every result first (a concurrent copy of
+    the same task id that finished a moment earlier)."""
+
+    async def create(self, key: str, data: bytes) -> bool:
+        if key.startswith("records/results/") and key.endswith(".json"):
+            rival = decode_result(data).model_copy(
+                update={"worker": WorkerInfo(id="rival:1", host="rival", pid=1)}
+            )
+            await super().create(key, encode(rival))
+        return await super().create(key, data)
+
+
+async def test_a_copy_that_loses_the_race_to_record_adopts_the_winner_and_stays_silent(
+    rig: Rig, tmp_path: Path
+) -> None:
+    racing = RacingStore(tmp_path / "blobs")
+    task = await rig.put(images.jpeg_bytes())
+    stats = await rig.work(blobs=racing)
+    assert (stats.ok, stats.duplicates) == (0, 1)
+    # The winner's delivery replies (it is not settled before its reply is confirmed).
+    assert await rig.raw_results() == []
+    recorded = await read_result(rig.blobs, task.id, rig.group)
+    assert recorded is not None and recorded.worker.id == "rival:1"
+    assert (await rig.transport.stats(rig.group)).ready == 0
+
+
+# -- the broker goes away: the worker reconnects, it never stops (issue 9.2) --------------------
+
+
+@dataclass
+class FlakyReplies:
+    """Reply channels whose first ``failures`` replies find the broker unavailable."""
+
+    inner: Transport
+    failures: int
+
+    async def reply(self, reply_to: str, result: Result) -> str:
+        if self.failures > 0:
+            self.failures -= 1
+            raise BrokerUnavailable("simulated: the broker went away")
+        return await self.inner.reply(reply_to, result)
+
+    async def open_reply_channel(self) -> str:
+        return await self.inner.open_reply_channel()
+
+    async def close_reply_channel(self, channel: str) -> None:
+        await self.inner.close_reply_channel(channel)
+
+    def replies(
+        self, channel: str, *, prefetch: int = 64, until_empty: bool = False
+    ) -> Subscription[Delivery[Result]]:
+        return self.inner.replies(channel, prefetch=prefetch, until_empty=until_empty)
+
+
+class _Unavailable:
+    """A subscription whose broker is gone."""
+
+    def __aiter__(self) -> _Unavailable:
+        return self
+
+    async def __anext__(self) -> Delivery[Task]:
+        raise BrokerUnavailable("simulated: cannot reach the broker")
+
+    async def aclose(self) -> None:
+        return None
+
+
+@dataclass
+class FailingSubscriptions:
+    """A task queue whose first ``failures`` subscriptions fail."""
+
+    inner: Transport
+    failures: int
+
+    async def publish(self, task: Task) -> None:
+        await self.inner.publish(task)
+
+    def consume(
+        self, group: str, *, prefetch: int = 16, until_empty: bool = False
+    ) -> Subscription[Delivery[Task]]:
+        if self.failures > 0:
+            self.failures -= 1
+            return _Unavailable()
+        return self.inner.consume(group, prefetch=prefetch, until_empty=until_empty)
+
+
+async def test_failed_replies_make_the_worker_reconnect_and_it_goes_on(rig: Rig) -> None:
+    task = await rig.put(images.jpeg_bytes())
+    events = Recorder()
+    await rig.work(replies=FlakyReplies(rig.transport, failures=2), events=events)
+    [result] = await rig.raw_results()
+    assert (result.task_id, result.status) == (task.id, "ok")
+    assert ("consuming", "reconnecting") in events.states, events.states
+    assert ("reconnecting", "consuming") in events.states, events.states
+    assert events.states[-1][1] == "stopped"
+    group = await rig.transport.stats(rig.group)
+    assert (group.ready, group.dead) == (0, 0)
+
+
+async def test_a_failed_subscription_is_opened_again(rig: Rig) -> None:
+    task = await rig.put(images.jpeg_bytes())
+    events = Recorder()
+    stats = await rig.work(tasks=FailingSubscriptions(rig.transport, failures=2), events=events)
+    assert stats.ok == 1
+    assert [r.task_id for r in await rig.raw_results()] == [task.id]
+    assert events.states[:3] == [
+        ("starting", "consuming"),
+        ("consuming", "reconnecting"),
+        ("reconnecting", "consuming"),
+    ]

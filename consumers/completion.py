@@ -1,0 +1,127 @@
+"""One result per (task id, group): the worker's side of the completion records.
+
+The task id is the idempotency key. Every delivery goes through :class:`Completions`:
+
+1. **Before running**, :meth:`~Completions.recorded` looks for the completion record of
+   (task id, group) in the blob store (:mod:`pixfleet.records`). If there is one, the task is
+   not run again: the delivery is answered with the recorded result.
+2. **After running** (or failing for good), :meth:`~Completions.record` writes the result
+   create-if-absent. Exactly one writer wins, on every machine and whatever the transport; a
+   loser (a concurrent copy of the same task id) adopts the winner's result and stays silent,
+   because the winner's delivery is not settled before its reply is confirmed.
+3. :meth:`~Completions.answer` publishes the reply, then marks it replied. The delivery that
+   recorded the result always replies. A delivery answered from the record replies only if the
+   record's reply is still not marked after ``grace`` seconds: its recorder crashed between the
+   record and the reply's confirm (a live recorder marks within milliseconds).
+
+A raw duplicate reply remains possible only when a worker dies between a reply's confirm and its
+``replied`` mark (or when the mark takes longer than ``grace``): bounded by crashes, and readers
+keep each (task id, group) once. A final error that cannot be recorded (the store is full or
+gone) is still replied - the client must hear about it - and dead-lettered unrecorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from brokers.contract import ReplyChannels
+from pixfleet.blobs import BlobStore
+from pixfleet.envelope import Result, Task
+from pixfleet.errors import BlobError, PixfleetError
+from pixfleet.records import mark_replied, read_result, record_result, was_replied
+
+log = logging.getLogger(__name__)
+
+#: Seconds a delivery answered from a record waits for the recorder's ``replied`` mark before it
+#: publishes the reply itself (the recorder is presumed dead after that).
+REPLY_GRACE = 3.0
+_POLL = 0.1
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one delivery ends: with ``result`` - the recorded one whenever there is a record."""
+
+    result: Result
+    ran: bool  # this delivery ran the pipeline (or failed trying)
+    owner: bool  # this delivery recorded ``result`` (or could not record it): it replies
+    error: PixfleetError | None = None  # the final failure this delivery met, if any
+
+
+class Completions:
+    """Reads and writes the completion records of one worker (see the module docstring)."""
+
+    def __init__(
+        self, blobs: BlobStore, replies: ReplyChannels, *, grace: float = REPLY_GRACE
+    ) -> None:
+        self.blobs = blobs
+        self.replies = replies
+        self.grace = grace
+
+    async def recorded(self, task: Task, group: str) -> Outcome | None:
+        """The recorded answer of (task, group), addressed to this delivery's task, or None.
+        Raises the store's :class:`BlobError` (``blob.unavailable`` is retryable)."""
+        result = await read_result(self.blobs, task.id, group)
+        if result is None:
+            return None
+        if result.correlation_id != task.correlation_id:
+            result = result.model_copy(update={"correlation_id": task.correlation_id})
+        return Outcome(result, ran=False, owner=False)
+
+    async def record(self, result: Result) -> Outcome:
+        """Record ``result`` unless another delivery recorded first (then adopt that one).
+        Raises the store's :class:`BlobError` (retryable: the task will run again)."""
+        winner = await record_result(self.blobs, result)
+        # record_result hands back the very object it was given when this call created it.
+        return Outcome(winner, ran=True, owner=winner is result)
+
+    async def record_failure(self, result: Result, error: PixfleetError) -> Outcome:
+        """Record a final error result; if the store cannot take it, answer unrecorded."""
+        try:
+            outcome = await self.record(result)
+        except BlobError as exc:
+            log.warning(
+                "task %s [%s]: cannot record its error result (%s); replying unrecorded",
+                result.task_id,
+                result.group,
+                exc.one_line(),
+            )
+            outcome = Outcome(result, ran=True, owner=True)
+        return Outcome(outcome.result, ran=True, owner=outcome.owner, error=error)
+
+    async def answer(self, task: Task, outcome: Outcome) -> None:
+        """Reply for ``outcome`` as the module docstring says, then mark the reply. Raises the
+        transport's :class:`~pixfleet.errors.BrokerError` if the reply was not confirmed."""
+        result = outcome.result
+        if outcome.owner:
+            await self._reply(task, result)
+        elif not outcome.ran and not await self._replied_within_grace(result):
+            log.info(
+                "task %s [%s]: its recorded result has no confirmed reply; replying now",
+                task.id,
+                result.group,
+            )
+            await self._reply(task, result)
+
+    async def _reply(self, task: Task, result: Result) -> None:
+        await self.replies.reply(task.reply_to, result)
+        try:
+            await mark_replied(self.blobs, result.task_id, result.group)
+        except PixfleetError as exc:
+            log.warning(
+                "task %s [%s]: reply confirmed but not marked (%s); a redelivery may repeat it",
+                result.task_id,
+                result.group,
+                exc.one_line(),
+            )
+
+    async def _replied_within_grace(self, result: Result) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.grace
+        while not await was_replied(self.blobs, result.task_id, result.group):
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(_POLL)
+        return True

@@ -1,0 +1,180 @@
+"""One delivery, from receipt to settle: the answer from the record or a run, then reply, then
+ack or dead-letter (the order and its reasons are in :mod:`consumers.worker`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from brokers.contract import Delivery, ReplyChannels
+from consumers.completion import Completions, Outcome
+from consumers.events import EventFanout
+from consumers.health import Health
+from consumers.pipelines.base import Pipeline
+from consumers.pool import PipelinePool
+from consumers.settings import WorkerSettings
+from consumers.steps import Stopwatch, check_admissible, error_result, ok_result, store_outputs
+from pixfleet.blobs import BlobStore
+from pixfleet.envelope import Result, Task, WorkerInfo
+from pixfleet.errors import BrokerError, PixfleetError
+
+log = logging.getLogger(__name__)
+
+
+class Handler:
+    """Handles the deliveries of one worker; ``given_back`` counts requeued ones."""
+
+    def __init__(
+        self,
+        *,
+        settings: WorkerSettings,
+        info: WorkerInfo,
+        blobs: BlobStore,
+        replies: ReplyChannels,
+        pipeline: Pipeline,
+        pool: PipelinePool,
+        events: EventFanout,
+        health: Health,
+    ) -> None:
+        self.settings = settings
+        self.info = info
+        self.blobs = blobs
+        self.pipeline = pipeline
+        self.pool = pool
+        self.events = events
+        self.health = health
+        self.completions = Completions(blobs, replies, grace=settings.reply_grace)
+        self._backoff = settings.backoff
+        self._slots = asyncio.Semaphore(settings.concurrency)
+        self.given_back = 0  # deliveries nacked with requeue=True
+
+    async def handle(self, delivery: Delivery[Task]) -> None:
+        task = delivery.message
+        try:
+            await self._process_and_settle(delivery)
+        except asyncio.CancelledError:
+            raise
+        except BrokerError as err:
+            # Reply or settle failed (broker gone?). Not acked: the task will come back.
+            self.health.trouble("settle", err)
+            log.warning(
+                "task %s [%s]: could not finish (%s); it will be redelivered",
+                task.id,
+                self.settings.group,
+                err.one_line(),
+            )
+            await self._nack_quietly(delivery)
+        except Exception:
+            log.exception(
+                "task %s [%s]: could not finish; it will be redelivered",
+                task.id,
+                self.settings.group,
+            )
+            await self._nack_quietly(delivery)
+
+    async def _nack_quietly(self, delivery: Delivery[Task]) -> None:
+        self.given_back += 1
+        try:
+            await delivery.nack(requeue=True, delay=self._backoff.delay(delivery.attempt))
+        except PixfleetError as exc:
+            log.warning(
+                "task %s: nack failed too (%s); the broker will redeliver it",
+                delivery.message.id,
+                exc.one_line(),
+            )
+        except Exception:
+            log.exception(
+                "task %s: nack failed too; the broker will redeliver it", delivery.message.id
+            )
+
+    async def _process_and_settle(self, delivery: Delivery[Task]) -> None:
+        try:
+            outcome = await self._run_once(delivery)
+        except PixfleetError as err:
+            if err.retryable and delivery.attempt < self.settings.delivery_limit:
+                await self._retry(delivery, err)
+                return
+            outcome = await self._failure(delivery, err)
+        await self.completions.answer(delivery.message, outcome)
+        await self._settle(delivery, outcome.result)
+        self.health.recovered("settle")
+        self._report(delivery.message, outcome)
+
+    async def _run_once(self, delivery: Delivery[Task]) -> Outcome:
+        """The recorded answer of the task if there is one, else run it and record."""
+        task = delivery.message
+        answered = await self.completions.recorded(task, self.settings.group)
+        if answered is not None:
+            return answered
+        result = await self._execute(task, delivery.attempt)
+        return await self.completions.record(result)
+
+    async def _failure(self, delivery: Delivery[Task], err: PixfleetError) -> Outcome:
+        task, attempt = delivery.message, delivery.attempt
+        log.warning("task %s attempt %d failed: %s", task.id, attempt, err.one_line())
+        result = error_result(
+            task, err, group=self.settings.group, worker=self.info, attempt=attempt
+        )
+        return await self.completions.record_failure(result, err)
+
+    async def _settle(self, delivery: Delivery[Task], result: Result) -> None:
+        """Ack an ``ok`` result; dead-letter an ``error`` one with its reason."""
+        if result.status == "ok":
+            await delivery.ack()
+            return
+        error = result.error
+        reason = f"error[{error.code}]: {error.message}" if error else "error result"
+        await delivery.nack(requeue=False, reason=reason)
+
+    def _report(self, task: Task, outcome: Outcome) -> None:
+        result, group = outcome.result, self.settings.group
+        if not outcome.owner:
+            log.info(
+                "task %s [%s]: answered before; settled without a second result", task.id, group
+            )
+            self.events.task_duplicate(task, result)
+        elif outcome.error is not None:
+            self.events.task_failed(task, outcome.error)
+        else:
+            log.info(
+                "task %s [%s] ok: %d output(s) in %.0f ms",
+                task.id,
+                group,
+                len(result.outputs),
+                result.timings_ms.get("total", 0.0),
+            )
+            self.events.task_ok(task, result)
+
+    async def _retry(self, delivery: Delivery[Task], err: PixfleetError) -> None:
+        task, attempt = delivery.message, delivery.attempt
+        delay = self._backoff.delay(attempt)
+        log.warning(
+            "task %s attempt %d: %s; retrying in %.1fs", task.id, attempt, err.one_line(), delay
+        )
+        self.given_back += 1
+        await delivery.nack(requeue=True, delay=delay, reason=err.one_line())
+        self.health.recovered("settle")
+        self.events.task_retry(task, attempt, delay, err)
+
+    async def _execute(self, task: Task, attempt: int) -> Result:
+        """Check, fetch, process, store; the ``ok`` result. Raises :class:`PixfleetError`."""
+        s = self.settings
+        clock = Stopwatch()
+        check_admissible(task, s.limits)
+        data = await self.blobs.get(task.blob)
+        clock.lap("fetch")
+        async with self._slots:
+            clock.lap("queue")
+            out = await self.pool.process(self.pipeline, data, task.params, s.limits)
+        clock.lap("process")
+        outputs = await store_outputs(self.blobs, task.id, s.group, out.renditions)
+        clock.lap("store")
+        return ok_result(
+            task,
+            out,
+            outputs,
+            group=s.group,
+            worker=self.info,
+            attempt=attempt,
+            timings_ms=clock.timings_ms(),
+        )
