@@ -2,7 +2,7 @@
 
 worker run --group thumbs [--concurrency N] [--prefetch N] [--burst]
            [--broker URL] [--blobs URL] [--pipeline NAME|module:function]
-           [--delivery-limit N] [--retry-backoff S]
+           [--delivery-limit N] [--retry-backoff S] [--drain-timeout S]
 worker pipelines
 """
 
@@ -41,6 +41,17 @@ def _root() -> None:
     """pixfleet worker."""
 
 
+DrainTimeoutOpt = typer.Option(
+    30.0,
+    min=0.0,
+    help="On SIGTERM/SIGINT: seconds in-flight tasks get to finish, and again for the process "
+    "pool to exit; what is left goes back to the broker.",
+)
+DeliveryLimitOpt = typer.Option(
+    5, "--delivery-limit", "--max-attempts", min=1, help="Deliveries before retries stop."
+)
+
+
 @app.command("run")
 def run_cmd(
     group: str = typer.Option(..., "--group", "-g", help="Consumer group (= pipeline name)."),
@@ -55,10 +66,9 @@ def run_cmd(
     timeout: float = typer.Option(60.0, min=0.1, help="Seconds of pipeline time per task."),
     max_pixels: int = typer.Option(Limits.max_pixels, min=1, help="Largest source image."),
     max_bytes: int = typer.Option(Limits.max_bytes, min=1, help="Largest source blob."),
-    delivery_limit: int = typer.Option(
-        5, "--delivery-limit", "--max-attempts", min=1, help="Deliveries before retries stop."
-    ),
+    delivery_limit: int = DeliveryLimitOpt,
     retry_backoff: float = typer.Option(1.0, min=0.0, help="First retry delay in seconds."),
+    drain_timeout: float = DrainTimeoutOpt,
     log_level: str = typer.Option("info", help="debug, info, warning, error."),
     debug: bool = typer.Option(False, "--debug", help="Print tracebacks."),
 ) -> None:
@@ -74,13 +84,15 @@ def run_cmd(
         limits=Limits(max_pixels=max_pixels, max_bytes=max_bytes, timeout=timeout),
         delivery_limit=delivery_limit,
         retry_backoff=retry_backoff,
+        drain_timeout=drain_timeout,
         burst=burst,
     )
     stats = run_async(
         _serve(settings, broker or default_broker_url(), blobs or default_blobs_url(), pipeline),
         debug=debug,
     )
-    log.info("worker stopped: %d ok, %d failed, %d retried", stats.ok, stats.failed, stats.retried)
+    counts = (stats.ok, stats.failed, stats.retried, stats.duplicates)
+    log.info("worker stopped: %d ok, %d failed, %d retried, %d duplicate(s)", *counts)
 
 
 @app.command()
@@ -104,7 +116,9 @@ async def _serve(
     on_recycle = EventFanout(events).pool_recycled
     async with (
         open_transport(broker_url) as transport,
-        PipelinePool(settings.concurrency, on_recycle=on_recycle) as pool,
+        PipelinePool(
+            settings.concurrency, shutdown_timeout=settings.drain_timeout, on_recycle=on_recycle
+        ) as pool,
     ):
         log.info("broker %s, blob store %s", transport.url, blob_store.url)
         worker = Worker(

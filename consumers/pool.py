@@ -9,6 +9,14 @@
   (the worker's :meth:`~consumers.events.WorkerEvents.pool_recycled`) with its reason.
 * Children are started with ``spawn`` and exit by themselves when their parent dies
   (``kill -9`` of a worker leaves no orphans burning CPU).
+* Children ignore SIGINT *and* SIGTERM: Ctrl-C in a terminal, ``systemctl stop`` (SIGTERM to the
+  whole control group) and ``kill -TERM -<pgid>`` reach every process, and the parent drains
+  in-flight tasks - a child that died of the signal would turn each of them into a retry. The
+  parent ends its children itself: by closing the pool, or by SIGKILL when one is stuck or the
+  pool broke (ProcessPoolExecutor's own SIGTERM to the survivors of a broken pool is ignored,
+  so :meth:`PipelinePool._recycle` kills them).
+* Closing the pool waits at most ``shutdown_timeout`` seconds (``worker run --drain-timeout``),
+  then kills what is left.
 """
 
 from __future__ import annotations
@@ -44,7 +52,9 @@ def _watch_parent(parent_pid: int) -> None:
 
 
 def _child_init(parent_pid: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and drains
+    # The parent handles Ctrl-C and SIGTERM (also when sent to the whole group) and drains.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
 
 
@@ -85,10 +95,12 @@ class PipelinePool:
         *,
         max_tasks_per_child: int = 500,
         hard_grace: float = HARD_GRACE,
+        shutdown_timeout: float = 30.0,
         on_recycle: Callable[[str], None] | None = None,
     ) -> None:
         self.workers = max(1, workers)
         self.hard_grace = hard_grace
+        self.shutdown_timeout = shutdown_timeout
         self._max_tasks = max_tasks_per_child
         self._on_recycle = on_recycle
         self._executor: ProcessPoolExecutor | None = None
@@ -112,9 +124,19 @@ class PipelinePool:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._executor is not None:
-            executor, self._executor = self._executor, None
-            await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+        """Let the children finish and exit; after ``shutdown_timeout`` seconds, kill them."""
+        if self._executor is None:
+            return
+        executor, self._executor = self._executor, None
+        closing = asyncio.ensure_future(
+            asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+        )
+        try:
+            await asyncio.wait_for(asyncio.shield(closing), self.shutdown_timeout)
+        except TimeoutError:
+            log.warning("the process pool did not stop in %g s; killing it", self.shutdown_timeout)
+            _kill_children(executor)
+            await closing
 
     async def process(
         self, pipeline: Pipeline, data: bytes, params: Mapping[str, Any], limits: Limits
@@ -124,8 +146,8 @@ class PipelinePool:
         if self._executor is None:
             raise RuntimeError("PipelinePool is not started")
         executor = self._executor
-        future = executor.submit(_run_in_child, pipeline, data, dict(params), limits)
         try:
+            future = executor.submit(_run_in_child, pipeline, data, dict(params), limits)
             async with asyncio.timeout(limits.timeout + self.hard_grace):
                 return await asyncio.wrap_future(future)
         except TimeoutError:
@@ -143,11 +165,16 @@ class PipelinePool:
             return
         log.warning("restarting the process pool: %s", why)
         self.recycled += 1
-        # ProcessPoolExecutor has no public way to kill a stuck child; _processes is stable
-        # across CPython 3.8-3.13 and typed in typeshed.
-        for process in list((executor._processes or {}).values()):
-            process.kill()
+        _kill_children(executor)
         executor.shutdown(wait=False, cancel_futures=True)
         self._executor = self._new_executor()
         if self._on_recycle is not None:
             self._on_recycle(why)
+
+
+def _kill_children(executor: ProcessPoolExecutor) -> None:
+    """SIGKILL every child of ``executor`` (they ignore SIGTERM)."""
+    # ProcessPoolExecutor has no public way to kill a child; _processes is stable across
+    # CPython 3.8-3.13 and typed in typeshed.
+    for process in list((executor._processes or {}).values()):
+        process.kill()

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import signal
+import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -475,3 +478,36 @@ async def test_a_failed_subscription_is_opened_again(rig: Rig) -> None:
         ("consuming", "reconnecting"),
         ("reconnecting", "consuming"),
     ]
+
+
+# -- a graceful stop: pool children leave SIGTERM to the worker (issue 9.3) ----------------------
+
+
+async def test_pool_children_ignore_sigterm_and_finish_their_task(tmp_path: Path) -> None:
+    started = tmp_path / "started"
+    started.mkdir()
+    params = {"delay": 1.0, "started": str(started)}
+    async with PipelinePool(1) as pool:
+        job = asyncio.create_task(
+            pool.process(pipelines.slow, images.jpeg_bytes(), params, Limits())
+        )
+        while not any(started.iterdir()):
+            await asyncio.sleep(0.02)
+        [marker] = started.iterdir()
+        os.kill(int(marker.name.split("-")[0]), signal.SIGTERM)  # as `kill -TERM -<pgid>` would
+        out = await job
+    assert len(out.renditions) == 4
+    assert pool.recycled == 0
+
+
+async def test_closing_the_pool_is_bounded_by_its_shutdown_timeout() -> None:
+    pool = PipelinePool(1, shutdown_timeout=0.5)
+    began = time.monotonic()
+    async with asyncio.timeout(30):
+        async with pool:
+            job = asyncio.create_task(
+                pool.process(pipelines.stubborn, images.jpeg_bytes(), {}, Limits(timeout=600))
+            )
+            await asyncio.sleep(1.0)  # the child is stuck in its pipeline now
+            job.cancel()
+    assert time.monotonic() - began < 10

@@ -71,7 +71,9 @@ class Fleet:
         )
         return env
 
-    def worker(self, *args: str, group: str = "thumbs") -> WorkerProc:
+    def worker(self, *args: str, group: str = "thumbs", session: bool = False) -> WorkerProc:
+        """Start ``worker run``; with ``session`` in a session (and process group) of its own,
+        led by the worker, as a service manager or a container runtime starts it."""
         log_path = self.home / f"worker-{len(self.workers)}.log"
         log = open(log_path, "wb")  # noqa: SIM115 - closed in WorkerProc.stop
         proc = subprocess.Popen(
@@ -80,6 +82,7 @@ class Fleet:
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=session,
         )
         worker = WorkerProc(proc, log_path, log)
         self.workers.append(worker)

@@ -184,6 +184,34 @@ def test_sigterm_lets_the_in_flight_task_finish(fleet: Fleet, sample_dir: Path) 
     assert "draining" in worker.log()
 
 
+def test_sigterm_to_the_process_group_drains_without_a_retry(fleet: Fleet, tmp_path: Path) -> None:
+    """``kill -TERM -<pgid>`` (systemd, Ctrl-C, a container runtime) reaches the pool children
+    too: they must leave the drain to the worker, so in-flight tasks finish on attempt 1."""
+    photos = tmp_path / "photos"
+    images.write_samples(photos, count=2)
+    slow = ("--pipeline", "tests.helpers.pipelines:slow", "--concurrency", "2")
+    worker = fleet.worker(*slow, session=True)
+    wait_until(lambda: fleet.stats().consumers == 1, timeout=30, what="the worker to subscribe")
+    started = tmp_path / "started"
+    started.mkdir()
+    queued = fleet.uploader(
+        "enqueue", str(photos), "--param", "delay=2", "--param", f"started={started}"
+    )
+    assert queued.returncode == 0, queued.stderr
+    wait_until(lambda: held_tasks(started)() == 2, timeout=60, what="two tasks in flight")
+
+    os.killpg(worker.pid, signal.SIGTERM)
+
+    assert worker.proc.wait(timeout=60) == 0
+    results = fleet.drain_results()
+    assert sorted((r.status, r.attempt) for r in results) == [("ok", 1), ("ok", 1)]
+    assert len({r.task_id for r in results}) == 2
+    stats = fleet.stats()
+    assert (stats.ready, stats.dead) == (0, 0)
+    assert stats.in_flight in (0, None)
+    assert "Traceback" not in worker.log()
+
+
 def test_results_nobody_waited_for_are_read_with_uploader_results(
     fleet: Fleet, sample_dir: Path
 ) -> None:
