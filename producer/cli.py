@@ -1,6 +1,7 @@
 """``uploader``: enqueue images, wait for or read results, inspect backlog.
 
 uploader enqueue PATH... [--group G]... [--wait] [--timeout S] [--json] [--param K=V]...
+                 [--task-id ID]
 uploader results [--follow] [--json]
 uploader status [--json]
 uploader samples DIR [--count N]
@@ -8,28 +9,27 @@ uploader samples DIR [--count N]
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import sys
 from collections import Counter
 from contextlib import aclosing
+from dataclasses import dataclass
 from pathlib import Path
 
 import typer
-from pydantic import JsonValue
+from pydantic import JsonValue, TypeAdapter, ValidationError
 
 from brokers import open_transport
 from brokers.contract import GroupStats, Inspector
 from brokers.names import DEFAULT_GROUP, DEFAULT_RESULTS
 from pixfleet.blobs import open_blobstore
-from pixfleet.envelope import Task
+from pixfleet.envelope import Ident, Task
 from pixfleet.errors import ConfigError, PixfleetError
 from pixfleet.images import MAX_BYTES, MAX_PIXELS, Limits
 from pixfleet.runtime import EXIT_FAILURE, configure_logging, fail, run_async
 from pixfleet.settings import ENV_BLOBS, ENV_BROKER, default_blobs_url, default_broker_url
-from producer import inspect
-from producer.render import Locate, result_line, stats_header, stats_line
+from producer import inspect, render
 from producer.samples import write_samples
 from producer.serve import serve_cmd
 from producer.submission import Submission, SubmitOptions
@@ -44,6 +44,12 @@ BrokerOpt = typer.Option(None, "--broker", envvar=ENV_BROKER, help="Broker URL."
 BlobsOpt = typer.Option(None, "--blobs", envvar=ENV_BLOBS, help="Blob store URL.")
 JsonOpt = typer.Option(False, "--json", help="One JSON object per line.")
 DebugOpt = typer.Option(False, "--debug", help="Print tracebacks.")
+TaskIdOpt = typer.Option(
+    None,
+    "--task-id",
+    help="Idempotency key of the task (one file only): publishing the same id again never "
+    "runs it twice nor makes a second result; --wait then answers from the recorded result.",
+)
 
 
 @app.callback()
@@ -86,6 +92,7 @@ def enqueue_cmd(
     timeout: float = typer.Option(300.0, min=0.1, help="Seconds --wait waits for results."),
     param: list[str] = typer.Option([], "--param", "-p", help="Pipeline param KEY=JSON."),
     ttl: float = typer.Option(None, min=0.1, help="Seconds after which workers skip the task."),
+    task_id: str = TaskIdOpt,
     max_bytes: int = typer.Option(MAX_BYTES, min=1, help="Largest file."),
     max_pixels: int = typer.Option(MAX_PIXELS, min=1, help="Largest image."),
     as_json: bool = JsonOpt,
@@ -93,20 +100,35 @@ def enqueue_cmd(
     blobs: str = BlobsOpt,
     debug: bool = DebugOpt,
 ) -> None:
-    """Check, store and publish one task per image. Exit 1 if any file was rejected, any
-    result is an error, or --wait timed out."""
+    """Check, store and publish one task per image. Exit 1 if any file was rejected, a publish
+    failed (the tasks confirmed before it are listed; the rest were not published), any result
+    is an error, or --wait timed out."""
     configure_logging("debug" if debug else "error")
     options = _submit_options(group, param, ttl, wait)
-    limits = Limits(max_pixels=max_pixels, max_bytes=max_bytes)
-    candidates, rejected = _vet_all(paths, limits)
+    files = list(inspect.expand(paths))
+    _check_task_id(task_id, len(files))
+    candidates, rejected = _vet_all(files, Limits(max_pixels=max_pixels, max_bytes=max_bytes))
     if not candidates:
         fail(f"error[input.none]: nothing to enqueue ({rejected} file(s) rejected)")
+    batch = _Batch(candidates, options, task_id, timeout=timeout, as_json=as_json)
     urls = (broker or default_broker_url(), blobs or default_blobs_url())
-    failures = run_async(
-        _enqueue_all(*urls, candidates, options, timeout=timeout, as_json=as_json), debug=debug
-    )
+    failures = run_async(_enqueue_all(*urls, batch), debug=debug)
     if rejected or failures:
         raise typer.Exit(EXIT_FAILURE)
+
+
+def _check_task_id(task_id: str | None, files: int) -> None:
+    if task_id is None:
+        return
+    if files != 1:
+        fail(
+            ConfigError(f"--task-id names one task: give exactly one file (got {files})").one_line()
+        )
+    try:
+        TypeAdapter(Ident).validate_python(task_id)
+    except ValidationError:
+        why = "use 1-200 of A-Z a-z 0-9 . _ : -, a letter or digit first"
+        fail(ConfigError(f"--task-id {task_id[:210]!r} is not a task id: {why}").one_line())
 
 
 def _vet_all(paths: list[Path], limits: Limits) -> tuple[list[inspect.Candidate], int]:
@@ -123,59 +145,73 @@ def _vet_all(paths: list[Path], limits: Limits) -> tuple[list[inspect.Candidate]
     return candidates, rejected
 
 
-async def _enqueue_all(
-    broker_url: str,
-    blobs_url: str,
-    candidates: list[inspect.Candidate],
-    options: SubmitOptions,
-    *,
-    timeout: float,
-    as_json: bool,
-) -> int:
-    """Submit every candidate; with ``--wait``, print results. Returns the number of failures."""
+@dataclass(frozen=True)
+class _Batch:
+    candidates: list[inspect.Candidate]
+    options: SubmitOptions
+    task_id: str | None
+    timeout: float
+    as_json: bool
+
+
+async def _enqueue_all(broker_url: str, blobs_url: str, batch: _Batch) -> int:
+    """Submit every candidate; with ``--wait``, print results. Returns the number of failures
+    (a failed publish counts one, after the tasks confirmed before it were listed)."""
     store = open_blobstore(blobs_url)
     async with (
         open_transport(broker_url) as transport,
-        Submission(queue=transport, replies=transport, store=store, options=options) as sub,
+        Submission(queue=transport, replies=transport, store=store, options=batch.options) as sub,
     ):
-        tasks = await _publish(sub, candidates)
-        if not options.wait:
-            _print_queued(tasks, as_json=as_json)
+        error = await _publish(sub, batch)
+        if error is not None:
+            _report_partial(error, sub.tasks, batch)
+            return 1
+        if not batch.options.wait:
             return 0
-        return await _wait(sub, store.url_for, timeout=timeout, as_json=as_json)
+        return await _wait(sub, store.url_for, timeout=batch.timeout, as_json=batch.as_json)
 
 
-async def _publish(sub: Submission, candidates: list[inspect.Candidate]) -> list[Task]:
-    tasks: list[Task] = []
-    show = len(candidates) >= 10 and sys.stderr.isatty()
+async def _publish(sub: Submission, batch: _Batch) -> PixfleetError | None:
+    """Submit the candidates in order; stop at the first failure and return it. Without
+    ``--wait`` each task is listed once confirmed, so what was published is known whatever
+    happens next."""
+    show = len(batch.candidates) >= 10 and sys.stderr.isatty()
     with typer.progressbar(
-        candidates, label="enqueue", file=sys.stderr if show else io.StringIO(), show_pos=True
+        batch.candidates,
+        label="enqueue",
+        file=sys.stderr if show else io.StringIO(),
+        show_pos=True,
     ) as bar:
         for candidate in bar:
-            tasks.append(await sub.submit(candidate))
-    return tasks
+            try:
+                task = await sub.submit(candidate, task_id=batch.task_id)
+            except PixfleetError as exc:
+                return exc
+            if not batch.options.wait:
+                typer.echo(render.queued_line(task, as_json=batch.as_json))
+    return None
 
 
-def _print_queued(tasks: list[Task], *, as_json: bool) -> None:
-    for task in tasks:
-        typer.echo(
-            json.dumps({"task_id": task.id, "file": task.filename})
-            if as_json
-            else f"queued {task.id}  {task.filename}"
-        )
+def _report_partial(error: PixfleetError, tasks: tuple[Task, ...], batch: _Batch) -> None:
+    """The confirmed tasks (with ``--wait``; else they were listed as they came), then one
+    ``error[...]`` line (and with ``--json`` one summary object) naming the files not sent."""
+    if batch.options.wait:
+        for task in tasks:
+            typer.echo(render.queued_line(task, as_json=batch.as_json))
+    missing = [c.filename for c in batch.candidates[len(tasks) :]]
+    if batch.as_json:
+        typer.echo(render.partial_json(error, tasks, missing))
+    typer.echo(render.partial_line(error, len(tasks), len(batch.candidates), missing), err=True)
 
 
-async def _wait(sub: Submission, locate: Locate, *, timeout: float, as_json: bool) -> int:
+async def _wait(sub: Submission, locate: render.Locate, *, timeout: float, as_json: bool) -> int:
     """Print each result as it arrives, then a summary; returns the number of error results."""
     names = {t.id: t.filename for t in sub.tasks}
     counts: Counter[str] = Counter()
     async with aclosing(sub.results(timeout=timeout)) as results:
         async for result in results:
             counts[result.status] += 1
-            name = names[result.task_id]
-            typer.echo(
-                result.model_dump_json() if as_json else result_line(result, name, locate=locate)
-            )
+            typer.echo(render.result_text(result, names[result.task_id], locate, as_json))
     if not as_json:
         typer.echo(
             f"{counts['ok']} ok, {counts['error']} failed, {counts.total()} result(s) "
@@ -194,7 +230,11 @@ def results(
     blobs: str = BlobsOpt,
     debug: bool = DebugOpt,
 ) -> None:
-    """Read (and remove) results from the default results channel."""
+    """Read (and remove) results from a results channel, each (task id, group) once.
+
+    A duplicate of a result already shown by this run (a worker died between its reply and its
+    ack) is removed without being shown. Deduplication spans one run: a result shown by an
+    earlier run is not remembered (its completion record is the lasting answer)."""
     configure_logging("debug" if debug else "error")
     urls = (broker or default_broker_url(), blobs or default_blobs_url())
     run_async(_read_results(*urls, channel, follow=follow, as_json=as_json), debug=debug)
@@ -206,12 +246,13 @@ async def _read_results(
     locate = open_blobstore(blobs_url).url_for
     async with open_transport(broker_url) as transport:
         stream = transport.replies(channel, until_empty=not follow)
+        seen: set[tuple[str, str]] = set()  # (task id, group) shown by this run
         async with aclosing(stream) as deliveries:
             async for delivery in deliveries:
                 result = delivery.message
-                typer.echo(
-                    result.model_dump_json() if as_json else result_line(result, locate=locate)
-                )
+                if (result.task_id, result.group) not in seen:
+                    seen.add((result.task_id, result.group))
+                    typer.echo(render.result_text(result, "", locate, as_json))
                 await delivery.ack()
 
 
@@ -229,13 +270,8 @@ def status(
 async def _status(url: str, as_json: bool) -> None:
     async with open_transport(url) as transport:
         all_stats = await _all_stats(transport)
-    if as_json:
-        for s in all_stats:
-            typer.echo(json.dumps(dataclasses.asdict(s)))
-        return
-    typer.echo(stats_header())
-    for s in all_stats:
-        typer.echo(stats_line(s))
+    for line in render.stats_table(all_stats, as_json=as_json):
+        typer.echo(line)
 
 
 async def _all_stats(inspector: Inspector) -> list[GroupStats]:

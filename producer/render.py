@@ -6,10 +6,13 @@ caller passes ``locate`` (``store.url_for``) and rendering never knows which sto
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+import json
+from collections.abc import Callable, Sequence
 
 from brokers.contract import GroupStats
-from pixfleet.envelope import Result
+from pixfleet.envelope import Result, Task
+from pixfleet.errors import PixfleetError
 
 #: Turns a store-relative key into something a user can open (a URL); see ``BlobStore.url_for``.
 Locate = Callable[[str], str]
@@ -36,6 +39,40 @@ def result_line(result: Result, filename: str = "", *, locate: Locate | None = N
     return f"ok    {result.group:<8} {label}  {outputs}{where}{took}"
 
 
+def result_text(result: Result, filename: str, locate: Locate, as_json: bool) -> str:
+    """The result as JSON (``--json``) or as :func:`result_line`."""
+    return result.model_dump_json() if as_json else result_line(result, filename, locate=locate)
+
+
+def queued_line(task: Task, *, as_json: bool = False) -> str:
+    """``queued <task id>  <file>`` (or ``{"task_id": ..., "file": ...}``): a confirmed publish."""
+    if as_json:
+        return json.dumps({"task_id": task.id, "file": task.filename})
+    return f"queued {task.id}  {task.filename}"
+
+
+def partial_line(error: PixfleetError, published: int, total: int, missing: list[str]) -> str:
+    """The one error line of a batch that stopped at a failed publish."""
+    names = ", ".join(missing[:10]) + (
+        f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+    )
+    return (
+        f"{error.one_line()} - {published} of {total} task(s) were published (listed on "
+        f"stdout), {len(missing)} were not: {names}"
+    )
+
+
+def partial_json(error: PixfleetError, published: Sequence[Task], missing: list[str]) -> str:
+    """The ``--json`` summary of a batch that stopped at a failed publish."""
+    return json.dumps(
+        {
+            "error": {"code": error.code, "message": error.message},
+            "published": [t.id for t in published],
+            "not_published": missing,
+        }
+    )
+
+
 def stats_header() -> str:
     return f"{'group':<20} {'ready':>7} {'in-flight':>9} {'dead':>6} {'consumers':>9}"
 
@@ -43,3 +80,10 @@ def stats_header() -> str:
 def stats_line(stats: GroupStats) -> str:
     in_flight = "?" if stats.in_flight is None else str(stats.in_flight)
     return f"{stats.group:<20} {stats.ready:>7} {in_flight:>9} {stats.dead:>6} {stats.consumers:>9}"
+
+
+def stats_table(all_stats: Sequence[GroupStats], *, as_json: bool = False) -> list[str]:
+    """A header and one line per group, or one JSON object per group."""
+    if as_json:
+        return [json.dumps(dataclasses.asdict(s)) for s in all_stats]
+    return [stats_header(), *(stats_line(s) for s in all_stats)]
