@@ -11,8 +11,15 @@ ENV_BLOBS = "PIXFLEET_BLOBS"
 
 
 def data_dir() -> Path:
-    """``$PIXFLEET_HOME`` or ``./.pixfleet``, as an absolute path (not created here)."""
-    return Path(os.environ.get(ENV_HOME) or ".pixfleet").resolve()
+    """Where the embedded broker and the default blob store live, as an absolute path (not
+    created here): ``$PIXFLEET_HOME``, else the user's data directory
+    (``$XDG_DATA_HOME/pixfleet``, by default ``~/.local/share/pixfleet``) - never the current
+    directory, so every command finds the same broker wherever it is run from."""
+    explicit = os.environ.get(ENV_HOME)
+    if explicit:
+        return Path(explicit).expanduser().resolve()
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return (Path(base).expanduser() / "pixfleet").resolve()
 
 
 def default_broker_url() -> str:

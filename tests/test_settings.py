@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from pixfleet.settings import redact
+from pixfleet.settings import data_dir, default_broker_url, redact
 
 
 @pytest.mark.parametrize(
@@ -25,3 +27,18 @@ def test_passwords_never_survive(url: str, safe: str) -> None:
     for secret in ("p@ss", "pa/ss", "p:w", "guest:guest"):
         if secret in url:
             assert secret not in redact(url)
+
+
+def test_the_data_dir_never_depends_on_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PIXFLEET_HOME", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    monkeypatch.chdir(tmp_path)
+    assert data_dir() == (tmp_path / "xdg" / "pixfleet").resolve()
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert data_dir() == (tmp_path / "home" / ".local" / "share" / "pixfleet").resolve()
+    monkeypatch.setenv("PIXFLEET_HOME", "~/fleet")
+    assert data_dir() == (tmp_path / "home" / "fleet").resolve()
+    assert default_broker_url() == f"sqlite:///{tmp_path / 'home' / 'fleet' / 'broker.db'}"
