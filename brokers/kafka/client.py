@@ -4,6 +4,10 @@
 client, the cache of topics known to exist and the set of open subscriptions, so that closing
 the transport closes them first. Subscriptions reach it through the small protocol they
 declare (:class:`brokers.kafka.subscription.Host`), never through the transport.
+
+A group's retry topic has as many partitions as the task topic (retries of one group spread
+over all its members, keyed by task id); its in-flight topic two per task partition
+(:mod:`brokers.kafka.inflight`).
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, UnknownTopicOrPartitionError
 
 from brokers import names
+from brokers.kafka.failures import translate
 from brokers.kafka.records import Headers, Record, dead_headers, retry_headers
 from brokers.kafka.settings import KafkaSettings
-from pixfleet.errors import BrokerError, BrokerUnavailable, PublishFailed, TransportClosed
+from pixfleet.errors import BrokerUnavailable, PublishFailed, TransportClosed
 
 
 class Closable(Protocol):
@@ -90,19 +95,42 @@ class KafkaClient:
 
     # -- topics ----------------------------------------------------------------------------
 
-    async def prepare_topics(self, topics: list[str], partitions: int = 1) -> None:
-        """Create missing topics (idempotent)."""
+    async def prepare_topics(
+        self, topics: list[str], partitions: int = 1, configs: dict[str, str] | None = None
+    ) -> None:
+        """Create missing topics (idempotent); raises ``broker.unavailable`` while the broker
+        cannot be reached, ``broker.error`` if it refuses the topics for good."""
         missing = [t for t in topics if t not in self._topics]
         if not missing:
             return
-        new = [NewTopic(t, partitions, self.settings.replication) for t in missing]
+        new = [
+            NewTopic(t, partitions, self.settings.replication, topic_configs=configs or {})
+            for t in missing
+        ]
         try:
             await self.admin.create_topics(new)
         except TopicAlreadyExistsError:
             pass
-        except KafkaError as exc:
-            raise BrokerError(f"cannot create topics {missing} on {self.url}: {exc}") from exc
+        except (KafkaError, OSError) as exc:
+            raise translate(exc, self.url, f"create topics {missing}") from exc
         self._topics.update(missing)
+
+    async def partitions_of(self, topic: str) -> int:
+        """How many partitions ``topic`` has (1 if the broker does not say)."""
+        if self._producer is None:
+            raise TransportClosed(f"transport {self.url} is not open")
+        try:
+            async with asyncio.timeout(self.settings.op_timeout):
+                found = await self._producer.partitions_for(topic)
+        except (KafkaError, TimeoutError) as exc:
+            raise translate(exc, self.url, f"describe {topic}") from exc
+        return max(len(found or ()), 1)
+
+    async def prepare_retry_topic(self, topic: str) -> None:
+        """Create a retry topic with as many partitions as the task topic."""
+        if topic not in self._topics:
+            task_topic = self.settings.name(names.KAFKA_TASK_TOPIC)
+            await self.prepare_topics([topic], await self.partitions_of(task_topic))
 
     async def topic_exists(self, topic: str) -> bool:
         return topic in set(await self.admin.list_topics())
@@ -116,29 +144,51 @@ class KafkaClient:
     # -- producing -------------------------------------------------------------------------
 
     async def send(
-        self, topic: str, value: bytes, *, key: bytes | None, headers: Headers, what: str
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: bytes | None,
+        headers: Headers,
+        what: str,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
     ) -> None:
         """Produce one record and wait for ``acks=all``; raises :class:`PublishFailed`."""
         if self._producer is None:
             raise TransportClosed(f"transport {self.url} is not open")
         try:
             async with asyncio.timeout(self.settings.op_timeout):
-                await self._producer.send_and_wait(topic, value, key=key, headers=headers)
+                await self._producer.send_and_wait(
+                    topic,
+                    value,
+                    key=key,
+                    headers=headers,
+                    partition=partition,
+                    timestamp_ms=timestamp_ms,
+                )
         except (KafkaError, TimeoutError) as exc:
             raise PublishFailed(
                 f"Kafka did not accept {what}: {exc or type(exc).__name__}"
             ) from exc
 
     async def retry(self, group: str, record: Record, attempt: int, delay: float) -> None:
-        """Copy ``record`` to ``group``'s retry topic, due in ``delay`` seconds."""
+        """Copy ``record`` to ``group``'s retry topic, made after ``attempt`` deliveries, due
+        ``delay`` seconds after it is made."""
         topic = self.settings.name(names.kafka_retry_topic(group))
-        headers = retry_headers(group, attempt, delay)
-        await self.prepare_topics([topic])
-        await self.send(topic, record.value or b"", key=record.key, headers=headers, what="a retry")
+        headers, made_at = retry_headers(group, attempt, delay)
+        await self.prepare_retry_topic(topic)
+        await self.send(
+            topic,
+            record.value or b"",
+            key=record.key,
+            headers=headers,
+            what="a retry",
+            timestamp_ms=made_at,
+        )
 
-    async def dead_letter(self, group: str, record: Record, reason: str) -> None:
-        """Copy ``record`` to ``group``'s dead-letter topic with ``reason``."""
-        topic = self.settings.name(names.kafka_dead_topic(group))
+    async def dead_letter(self, topic: str, record: Record, reason: str) -> None:
+        """Copy ``record`` to the dead-letter topic ``topic`` (namespaced) with ``reason``."""
         await self.prepare_topics([topic])
         await self.send(
             topic,

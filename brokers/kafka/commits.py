@@ -4,7 +4,10 @@ work, and never a bare ``commit()``.
 :class:`PartitionCommits` commits, for each assigned partition, the lowest offset still in
 flight (:class:`~brokers.kafka.offsets.OffsetTracker`); a ``CommitFailedError`` after a
 rebalance is logged, not raised: the new owner re-reads from the last safe offset
-(at-least-once). :class:`RebalanceListener` forwards aiokafka's rebalance callbacks.
+(at-least-once). Any other failed commit (the broker or its coordinator unreachable) is logged
+once and never raised either: the offsets stay uncommitted in the tracker, so the next commit -
+after the next settle, or the subscription's next fetch while :attr:`PartitionCommits.behind` -
+carries them. :class:`RebalanceListener` forwards aiokafka's rebalance callbacks.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Iterable
 from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from brokers.kafka.offsets import OffsetTracker
@@ -32,6 +35,7 @@ class PartitionCommits:
         self.tracker: OffsetTracker[TopicPartition] = OffsetTracker()
         self._lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
+        self.behind = False  # the last commit failed for a transient reason
 
     def attach(self, consumer: AIOKafkaConsumer) -> None:
         """Commit through ``consumer`` from now on (it is joining its group)."""
@@ -58,13 +62,19 @@ class PartitionCommits:
                 await consumer.commit(
                     {tp: OffsetAndMetadata(off, "") for tp, off in offsets.items()}
                 )
-                self.tracker.committed(offsets)
             except (CommitFailedError, IllegalStateError) as exc:
                 log.warning(
                     "commit of %s skipped (%s); the new owner re-reads from the last safe offset",
                     self.group_id,
                     exc,
                 )
+            except KafkaError as exc:
+                if not self.behind:
+                    log.warning("commit of %s failed (%s); retried later", self.group_id, exc)
+                self.behind = True
+            else:
+                self.tracker.committed(offsets)
+                self.behind = False
 
     async def pin_start(self, assigned: set[TopicPartition]) -> None:
         """Pin a new group's start at the earliest offset, so the group exists (and is listed)
@@ -73,16 +83,15 @@ class PartitionCommits:
         if consumer is None:
             return  # a last assignment while leaving the group
         async with self._lock:  # never race (and overwrite) a real commit
-            fresh = {}
-            for tp in assigned:
-                if self.tracker.has_committed(tp) or await consumer.committed(tp) is not None:
-                    continue
-                fresh[tp] = (await consumer.beginning_offsets([tp]))[tp]
-            if not fresh:
-                return
             try:
-                await consumer.commit({tp: OffsetAndMetadata(o, "") for tp, o in fresh.items()})
-            except (CommitFailedError, IllegalStateError) as exc:
+                fresh = {}
+                for tp in assigned:
+                    if self.tracker.has_committed(tp) or await consumer.committed(tp) is not None:
+                        continue
+                    fresh[tp] = (await consumer.beginning_offsets([tp]))[tp]
+                if fresh:
+                    await consumer.commit({tp: OffsetAndMetadata(o, "") for tp, o in fresh.items()})
+            except KafkaError as exc:  # the group then starts where auto_offset_reset says
                 log.debug("initial commit for %s skipped: %s", self.group_id, exc)
 
 

@@ -1,7 +1,10 @@
 """One delivered Kafka record and the means to settle it.
 
 Settling never commits by itself: the subscription marks the record done in its offset
-tracker and commits up to the lowest unfinished offset of the partition.
+tracker and commits up to the lowest unfinished offset of the partition. A nack counts only
+once its retry copy or dead letter is confirmed: if that publish fails, the record is given back
+to its subscription - its offset stays unfinished, so nothing is committed past it - which
+hands it out again after a backoff, and the error propagates.
 """
 
 from __future__ import annotations
@@ -24,26 +27,39 @@ class Settler(Protocol):
     @property
     def delivery_limit(self) -> int: ...
 
-    async def requeue(self, record: Record, attempt: int, delay: float) -> None:
-        """Publish a retry copy of ``record`` (nothing on reply channels)."""
+    async def requeue(
+        self, tp: TopicPartition, record: Record, deliveries: int, delay: float
+    ) -> bool:
+        """Publish a retry copy of ``record`` made after ``deliveries`` deliveries and return
+        True; or, on a reply channel (no retry topic), give the record back and return False."""
         ...
 
     async def reject(self, record: Record, reason: str) -> None:
-        """Dead-letter ``record`` (nothing on reply channels)."""
+        """Dead-letter ``record``."""
         ...
 
     async def finish(self, tp: TopicPartition, offset: int) -> None:
-        """The record is done: commit as far as is safe."""
+        """The record is done: commit as far as is safe. Never raises for a failed commit
+        (the next one covers it)."""
+        ...
+
+    def give_back(self, tp: TopicPartition, record: Record, delay: float) -> None:
+        """Settling failed: hand the record out again after ``delay`` (or a backoff)."""
         ...
 
 
 @dataclass(eq=False)
 class KafkaDelivery(Generic[M]):
     """:class:`brokers.contract.Delivery` of one record. ``nack(requeue=True)`` publishes a
-    retry copy, ``nack(requeue=False)`` a dead letter, before the original is marked done."""
+    retry copy, ``nack(requeue=False)`` a dead letter, before the original is marked done.
+
+    ``attempt`` counts deliveries through retry copies (Kafka keeps no count per record);
+    ``deliveries`` adds the times this very record was handed out before without being settled
+    (its worker died, a settle failed) - the count the delivery limit applies to."""
 
     message: M
     attempt: int
+    deliveries: int
     _settler: Settler = field(repr=False)
     _tp: TopicPartition = field(repr=False)
     _record: Record = field(repr=False)
@@ -56,15 +72,25 @@ class KafkaDelivery(Generic[M]):
         await self._settler.finish(self._tp, self._record.offset)
 
     async def nack(self, *, requeue: bool, delay: float = 0.0, reason: str = "") -> None:
+        """Retry or dead-letter; if that publish fails, the record is given back to the
+        subscription (handed out again later) and the error propagates - a later settle of
+        this delivery is then a no-op."""
         if self._settled:
             return
-        self._settled = True
         settler, record = self._settler, self._record
         requeue, reason = apply_delivery_limit(
-            requeue, self.attempt, settler.delivery_limit, reason
+            requeue, self.deliveries, settler.delivery_limit, reason
         )
-        if requeue:
-            await settler.requeue(record, self.attempt, delay)
-        else:
-            await settler.reject(record, reason or "rejected")
-        await settler.finish(self._tp, record.offset)
+        try:
+            if requeue:
+                copied = await settler.requeue(self._tp, record, self.deliveries, delay)
+            else:
+                await settler.reject(record, reason or "rejected")
+                copied = True
+        except BaseException:
+            self._settled = True  # the subscription owns the record again
+            settler.give_back(self._tp, record, delay)
+            raise
+        self._settled = True
+        if copied:
+            await settler.finish(self._tp, record.offset)

@@ -7,11 +7,19 @@
   (:class:`~brokers.kafka.commits.PartitionCommits`) - never a bare ``commit()``.
 * On a rebalance, revoked partitions drop their buffered records, wait (bounded) for their
   in-flight records, commit what is safe and forget their bookkeeping.
-* Records not targeted at this group are skipped (marked done at once); retry copies wait until
-  their not-before time.
+* Records not targeted at this group are skipped (marked done at once); retry copies wait for
+  their delay on the monotonic clock (:func:`~brokers.kafka.records.retry_info`).
+* A task group counts in its in-flight topic (:mod:`brokers.kafka.inflight`) how often each
+  record was handed out unsettled: one that would pass the delivery limit - one that kills its
+  worker every time - is dead-lettered instead.
+* Only closing or a refusal for good (credentials, permissions, configuration) ends it: broker
+  trouble means ``reconnecting`` (:attr:`state`) and retries with backoff; a record whose body
+  or headers cannot be read is dead-lettered with the reason (reply channels too).
 
-The subscription reaches the broker only through :class:`Host`, the little it needs from its
-transport (:class:`~brokers.kafka.client.KafkaClient` is one).
+The group membership itself - joining, fetching, commits, rebalances - is
+:class:`~brokers.kafka.member.GroupMember`. The subscription reaches the broker only through
+:class:`Host`, the little it needs from its transport (:class:`~brokers.kafka.client.KafkaClient`
+is one).
 """
 
 from __future__ import annotations
@@ -20,39 +28,44 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Generic, Protocol, Self, TypeVar
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka import TopicPartition
 
-from brokers.kafka.commits import PartitionCommits, RebalanceListener
 from brokers.kafka.delivery import KafkaDelivery
-from brokers.kafka.records import Record, attempt_of, is_due, is_targeted
-from brokers.kafka.settings import KafkaSettings
+from brokers.kafka.inflight import InflightLog
+from brokers.kafka.member import GroupMember, MemberHost, Pending
+from brokers.kafka.outage import Outage, SubscriptionState
+from brokers.kafka.records import (
+    Record,
+    dead_reason,
+    is_targeted,
+    retry_delay,
+    retry_info,
+    targets_of,
+)
+from brokers.policy import RECONNECT, delivery_limit_reason
 from pixfleet.envelope import Result, Task
-from pixfleet.errors import BrokerUnavailable, EnvelopeError
+from pixfleet.errors import BrokerUnavailable, PublishFailed
 
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", Task, Result)
 
 REVOKE_DRAIN = 10.0  # seconds a revoked partition waits for its in-flight records
+_TRANSIENT = BrokerUnavailable  # what a subscription waits out
+_UNCONFIRMED = (BrokerUnavailable, PublishFailed)  # ... and what a publish of its own waits out
+_CRASHED = "handed out without being settled (did its worker die?)"
 
 
-class Host(Protocol):
+class Host(MemberHost, Protocol):
     """What a subscription needs from its transport: topics, retry and dead-letter copies, the
     settings, and to be closed with it."""
 
-    @property
-    def settings(self) -> KafkaSettings: ...
-
-    def unavailable(self, exc: BaseException) -> BrokerUnavailable: ...
-
-    async def prepare_topics(self, topics: list[str], partitions: int = 1) -> None: ...
-
     async def retry(self, group: str, record: Record, attempt: int, delay: float) -> None: ...
 
-    async def dead_letter(self, group: str, record: Record, reason: str) -> None: ...
+    async def dead_letter(self, topic: str, record: Record, reason: str) -> None: ...
 
     def track(self, sub: KafkaSubscription[Task] | KafkaSubscription[Result]) -> None: ...
 
@@ -61,7 +74,7 @@ class Host(Protocol):
 
 class KafkaSubscription(Generic[M]):
     """:class:`brokers.contract.Subscription` of one group member. ``group`` is the pipeline
-    group of a task subscription (None for a reply channel: no retries, no dead letters)."""
+    group of a task subscription (None for a reply channel: no retry topic, no counting)."""
 
     def __init__(
         self,
@@ -73,23 +86,32 @@ class KafkaSubscription(Generic[M]):
         decode: Callable[[bytes], M],
         prefetch: int,
         until_empty: bool,
+        dead_topic: str,
+        inflight_topic: str | None = None,
     ) -> None:
         self.host = host
         self.topics = topics
         self.group_id = group_id
         self.group = group
+        self.dead_topic = dead_topic
         self._decode: Callable[[bytes], M] = decode
         self._prefetch = max(1, prefetch)
         self._until_empty = until_empty
-        self._consumer: AIOKafkaConsumer | None = None
-        self._commits = PartitionCommits(group_id)
-        self._buffer: list[tuple[TopicPartition, Record]] = []
+        inflight = InflightLog(host, inflight_topic, tuple(topics)) if inflight_topic else None
+        self._inflight = inflight
+        self._member = GroupMember(
+            host, self, topics=topics, group_id=group_id, prefetch=self._prefetch, inflight=inflight
+        )
+        self._buffer: list[Pending] = []
         self._yielded: set[tuple[TopicPartition, int]] = set()
         self._changed = asyncio.Event()
-        self._revoking = False
-        self._started_at = 0.0
+        self._outage = Outage(f"kafka consumer of {group_id}")
         self._closed = False
-        self._stopped = False
+
+    @property
+    def state(self) -> SubscriptionState:
+        """``consuming``, or ``reconnecting`` while the broker is unavailable."""
+        return self._outage.state
 
     def __aiter__(self) -> Self:
         return self
@@ -97,11 +119,9 @@ class KafkaSubscription(Generic[M]):
     # -- iteration -------------------------------------------------------------------------
 
     async def __anext__(self) -> KafkaDelivery[M]:
-        if self._closed:
-            raise StopAsyncIteration
-        if self._consumer is None:
-            await self._start()
-        while True:
+        if not self._member.joined and not self._closed:
+            await self._outage.retry(self._start, _TRANSIENT)
+        while not self._closed:
             delivery = await self._next_due()
             if delivery is not None:
                 return delivery
@@ -109,80 +129,94 @@ class KafkaSubscription(Generic[M]):
             if room <= 0:
                 await self._wait_without_room()
                 continue
-            if not await self._fetch(room) and self._until_empty and await self._at_end():
-                await self.aclose()
-                raise StopAsyncIteration
+            if not await self._outage.retry(partial(self._fetch, room), _TRANSIENT):
+                await self._maybe_at_end()
+        raise StopAsyncIteration
+
+    async def _maybe_at_end(self) -> None:
+        """Nothing came: with ``until_empty``, close once everything was read."""
+        if (
+            self._until_empty
+            and not self._buffer
+            and await self._outage.retry(self._member.at_end, _TRANSIENT)
+        ):
+            await self.aclose()
 
     async def _next_due(self) -> KafkaDelivery[M] | None:
-        now_ms = time.time() * 1000
-        for index, (tp, record) in enumerate(self._buffer):
-            if not is_due(record, now_ms):
-                continue
-            del self._buffer[index]
-            delivery = await self._wrap(tp, record)
-            if delivery is not None:
-                self._yielded.add((tp, record.offset))
-                return delivery
-            return await self._next_due()
+        now = time.monotonic()
+        for entry in list(self._buffer):
+            if entry.due <= now and entry in self._buffer and self._loaded(entry):
+                delivery = await self._admit(entry)
+                if delivery is not None:
+                    return delivery
         return None
 
+    def _loaded(self, entry: Pending) -> bool:
+        return self._inflight is None or self._inflight.loaded(entry.tp)
+
+    async def _admit(self, entry: Pending) -> KafkaDelivery[M] | None:
+        """Hand out a due record - or dead-letter it (bad body or headers, or past the
+        delivery limit) and return None."""
+        try:
+            targets_of(entry.record)
+            info = retry_info(entry.record)
+            message = self._decode(entry.record.value or b"")
+        except Exception as exc:  # noqa: BLE001 - no record, however hostile, ends a consumer
+            await self._discard(entry, dead_reason(exc))
+            return None
+        if not entry.deliveries:
+            prior = self._inflight.prior(entry.tp, entry.record.offset) if self._inflight else 0
+            entry.deliveries = info.attempt + prior
+        if entry.deliveries > self.delivery_limit:
+            await self._discard(entry, delivery_limit_reason(self.delivery_limit, _CRASHED))
+            return None
+        await self._count(entry)
+        if entry not in self._buffer:
+            return None  # its partition was revoked meanwhile
+        self._buffer.remove(entry)
+        self._yielded.add((entry.tp, entry.record.offset))
+        return KafkaDelivery(message, info.attempt, entry.deliveries, self, entry.tp, entry.record)
+
+    async def _count(self, entry: Pending) -> None:
+        """Write the delivery into the in-flight set before it is handed out."""
+        if self._inflight is None:
+            return
+        if not entry.counted:
+            self._inflight.handed_out(entry.tp, entry.record.offset)
+            entry.counted = True
+        await self._outage.retry(self._inflight.flush, _UNCONFIRMED)
+
+    async def _discard(self, entry: Pending, reason: str) -> None:
+        tp, offset = entry.tp, entry.record.offset
+        log.warning("dead-lettering record %s@%d of %s: %s", tp, offset, self.group_id, reason)
+        await self._outage.retry(lambda: self.reject(entry.record, reason), _UNCONFIRMED)
+        if entry in self._buffer:
+            self._buffer.remove(entry)
+        await self._member.done(tp, offset)
+
     async def _fetch(self, room: int) -> bool:
-        consumer = self._live()
-        batch = await consumer.getmany(timeout_ms=200, max_records=room)
-        tracker = self._commits.tracker
-        skipped = False
+        batch = await self._member.fetch(room)
+        now, skipped = time.monotonic(), False
         for tp, records in batch.items():
             for record in records:
-                tracker.fetched(tp, record.offset)
                 if self.group is None or is_targeted(record, self.group):
-                    self._buffer.append((tp, record))
+                    self._buffer.append(Pending(tp, record, now + retry_delay(record)))
                 else:
-                    tracker.done(tp, record.offset)
+                    self._member.commits.tracker.done(tp, record.offset)
                     skipped = True
         if skipped:
-            await self._commits.commit()
+            await self._member.commits.commit()
         return bool(batch)
 
     async def _wait_without_room(self) -> None:
         """All slots busy: keep polling with partitions paused (stays in the group) until a
         delivery settles or a delayed retry becomes due."""
-        consumer = self._live()
         self._changed.clear()
         try:
             async with asyncio.timeout(1.0):
                 await self._changed.wait()
         except TimeoutError:
-            assigned = consumer.assignment()
-            consumer.pause(*assigned)
-            try:
-                await consumer.getmany(timeout_ms=0)
-            finally:
-                consumer.resume(*assigned)
-
-    async def _wrap(self, tp: TopicPartition, record: Record) -> KafkaDelivery[M] | None:
-        try:
-            message = self._decode(record.value or b"")
-        except EnvelopeError as exc:
-            log.warning("dead-lettering undecodable record %s@%d: %s", tp, record.offset, exc)
-            await self.reject(record, exc.one_line())
-            self._commits.tracker.done(tp, record.offset)
-            await self._commits.commit()
-            return None
-        return KafkaDelivery(message, attempt_of(record), self, tp, record)
-
-    async def _at_end(self) -> bool:
-        consumer = self._live()
-        assigned = consumer.assignment()
-        if self._buffer:
-            return False
-        if not assigned:
-            # Not assigned yet (joining) - or more members than partitions.
-            return time.monotonic() - self._started_at > 3 * self.host.settings.op_timeout
-        ends = await consumer.end_offsets(list(assigned))
-        for tp in assigned:
-            if await consumer.position(tp) < ends[tp]:
-                return False
-        return True
+            await self._outage.retry(self._member.poll_paused, _TRANSIENT)
 
     # -- settling (the Settler of brokers.kafka.delivery) -----------------------------------
 
@@ -190,71 +224,58 @@ class KafkaSubscription(Generic[M]):
     def delivery_limit(self) -> int:
         return self.host.settings.delivery_limit
 
-    async def requeue(self, record: Record, attempt: int, delay: float) -> None:
-        if self.group is not None:
-            await self.host.retry(self.group, record, attempt, delay)
+    async def requeue(
+        self, tp: TopicPartition, record: Record, deliveries: int, delay: float
+    ) -> bool:
+        if self.group is None:
+            self.give_back(tp, record, delay)
+            return False
+        await self.host.retry(self.group, record, deliveries, delay)
+        return True
 
     async def reject(self, record: Record, reason: str) -> None:
-        if self.group is not None:
-            await self.host.dead_letter(self.group, record, reason)
+        await self.host.dead_letter(self.dead_topic, record, reason)
 
     async def finish(self, tp: TopicPartition, offset: int) -> None:
         """A yielded record is done: commit as far as is safe."""
         self._yielded.discard((tp, offset))
-        self._commits.tracker.done(tp, offset)
+        await self._member.done(tp, offset)
         self._changed.set()
-        if not self._revoking:
-            await self._commits.commit()
         if self._closed and not self._yielded:
             await self._stop()
 
-    # -- rebalancing (the Rebalanced of brokers.kafka.commits) ------------------------------
+    def give_back(self, tp: TopicPartition, record: Record, delay: float) -> None:
+        """A yielded record comes back unsettled: hand it out again after ``delay`` (at least
+        the first reconnect backoff). Its offset stays unfinished meanwhile."""
+        if (tp, record.offset) not in self._yielded:
+            return
+        self._yielded.discard((tp, record.offset))
+        self._changed.set()
+        if self._closed or not self._member.owns(tp):
+            return  # the next owner of the partition re-reads it from the last safe offset
+        due = time.monotonic() + max(delay, RECONNECT.first)
+        self._buffer.append(Pending(tp, record, due))
+        log.warning(
+            "record %s@%d of %s given back: it comes again", tp, record.offset, self.group_id
+        )
 
-    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
-        """Drop buffered records of ``revoked``, wait (at most ``REVOKE_DRAIN`` s) for their
-        in-flight ones, commit what is safe and forget their bookkeeping."""
-        self._revoking = True
-        try:
-            self._buffer = [(tp, r) for tp, r in self._buffer if tp not in revoked]
-            deadline = time.monotonic() + REVOKE_DRAIN
-            while any(tp in revoked for tp, _ in self._yielded) and time.monotonic() < deadline:
-                self._changed.clear()
-                try:
-                    async with asyncio.timeout(0.1):
-                        await self._changed.wait()
-                except TimeoutError:
-                    continue
-            await self._commits.commit(only=revoked)
-        finally:
-            self._commits.tracker.forget(revoked)
-            self._revoking = False
-
-    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
-        await self._commits.pin_start(assigned)
+    async def let_go(self, revoked: set[TopicPartition]) -> None:
+        """A rebalance takes ``revoked``: drop their buffered records and wait (at most
+        ``REVOKE_DRAIN`` s) for their in-flight ones (the Holder of the member)."""
+        self._buffer = [e for e in self._buffer if e.tp not in revoked]
+        deadline = time.monotonic() + REVOKE_DRAIN
+        while any(tp in revoked for tp, _ in self._yielded) and time.monotonic() < deadline:
+            self._changed.clear()
+            try:
+                async with asyncio.timeout(0.1):
+                    await self._changed.wait()
+            except TimeoutError:
+                continue
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def _live(self) -> AIOKafkaConsumer:
-        if self._consumer is None:
-            raise RuntimeError("subscription not started")
-        return self._consumer
-
     async def _start(self) -> None:
-        await self.host.prepare_topics(self.topics)
-        options = self.host.settings.member_options(self.group_id, prefetch=self._prefetch)
-        consumer = AIOKafkaConsumer(**options)
-        consumer.subscribe(self.topics, listener=RebalanceListener(self))
-        # The assignment callback may run before start() returns.
-        self._consumer = consumer
-        self._commits.attach(consumer)
-        try:
-            await consumer.start()
-        except KafkaError as exc:
-            self._consumer = None
-            self._commits.detach()
-            await consumer.stop()
-            raise self.host.unavailable(exc) from exc
-        self._started_at = time.monotonic()
+        await self._member.start()
         self.host.track(self)
 
     async def aclose(self) -> None:
@@ -274,15 +295,6 @@ class KafkaSubscription(Generic[M]):
         await self._stop()
 
     async def _stop(self) -> None:
-        if self._stopped or self._consumer is None:
-            self._stopped = True
-            return
-        await self._commits.commit()
-        self._stopped = True
-        self._commits.detach()
-        self.host.untrack(self)
-        try:
-            await self._consumer.stop()  # leaves the group: partitions move on at once
-        except KafkaError as exc:
-            log.debug("stopping consumer of %s: %s", self.group_id, exc)
-        self._consumer = None
+        if not self._member.stopped:
+            self.host.untrack(self)
+        await self._member.stop()

@@ -133,6 +133,8 @@ class KafkaTransport:
             decode=decode_task,
             prefetch=prefetch,
             until_empty=until_empty,
+            dead_topic=self.settings.name(names.kafka_dead_topic(group)),
+            inflight_topic=self.settings.name(names.kafka_inflight_topic(group)),
         )
 
     def replies(
@@ -147,6 +149,7 @@ class KafkaTransport:
             decode=decode_result,
             prefetch=prefetch,
             until_empty=until_empty,
+            dead_topic=self.settings.name(names.kafka_reply_dead_topic(channel)),
         )
 
     # -- inspection ------------------------------------------------------------------------
