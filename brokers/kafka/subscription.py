@@ -36,7 +36,6 @@ from aiokafka import TopicPartition
 from brokers.kafka.delivery import KafkaDelivery
 from brokers.kafka.inflight import InflightLog
 from brokers.kafka.member import GroupMember, MemberHost, Pending
-from brokers.kafka.outage import Outage, SubscriptionState
 from brokers.kafka.records import (
     Record,
     dead_reason,
@@ -45,6 +44,7 @@ from brokers.kafka.records import (
     retry_info,
     targets_of,
 )
+from brokers.outage import Outage, SubscriptionState
 from brokers.policy import RECONNECT, delivery_limit_reason
 from pixfleet.envelope import Result, Task
 from pixfleet.errors import BrokerUnavailable, PublishFailed

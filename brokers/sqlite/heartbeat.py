@@ -22,8 +22,8 @@ import time
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
+from brokers.outage import Outage
 from brokers.sqlite.db import SqliteQueue
-from brokers.sqlite.outage import Outage
 from brokers.sqlite.settings import SqliteSettings
 from pixfleet.errors import BrokerUnavailable, TransportClosed
 

@@ -25,10 +25,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import Generic, Protocol, Self, TypeAlias, TypeVar
 
+from brokers.outage import Outage, SubscriptionState
 from brokers.sqlite.db import SqliteQueue
 from brokers.sqlite.delivery import SqliteDelivery
 from brokers.sqlite.heartbeat import Heartbeat
-from brokers.sqlite.outage import Outage, SubscriptionState
 from brokers.sqlite.settings import SqliteSettings
 from brokers.sqlite.transactions import Claimed
 from pixfleet.envelope import Result, Task

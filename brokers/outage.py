@@ -1,9 +1,10 @@
-"""Whether a subscription can reach its database right now, and how it waits when it cannot.
+"""Whether a subscription can reach its broker right now, and how it waits when it cannot.
 
-A subscription never gives up on a transient failure (a write lock held longer than
-``busy_timeout``, a full disk): it retries the operation forever with the capped, jittered
-:data:`brokers.policy.RECONNECT` backoff, shows ``reconnecting`` in its ``state`` meanwhile, and
-logs one line when that state changes - not one per try.
+Shared by the transports. A subscription never gives up on a transient failure (a write lock
+held longer than ``busy_timeout``, a full disk, a broker that went away): it retries the
+operation forever with the capped, jittered :data:`brokers.policy.RECONNECT` backoff, shows
+``reconnecting`` in its ``state`` meanwhile, and logs one line when that state changes - not one
+per try.
 """
 
 from __future__ import annotations
