@@ -23,9 +23,10 @@ class BrokerUnderTest:
     kind: str
     url: str
     delivery_limit: int
-    # Kafka's lag cannot tell delivered-but-unfinished records from waiting ones, and Kafka
-    # keeps no per-record delivery count, so a crash redelivery cannot be counted as attempt 2.
+    # Kafka's lag cannot tell delivered-but-unfinished records from waiting ones.
     lag_includes_in_flight: bool = False
+    # Every transport now counts a crash redelivery as attempt 2 (Kafka through its per-group
+    # in-flight topic); kept as a flag for a future transport that cannot.
     counts_crash_redeliveries: bool = True
     # tansu (the in-memory test broker) keeps listing a member after it left the group.
     stale_member_counts: bool = False
@@ -85,7 +86,6 @@ def kafka_under_test(base: str) -> BrokerUnderTest:
         f"{base}{sep}{KAFKA_OPTIONS}&namespace={namespace}",
         delivery_limit=3,
         lag_includes_in_flight=True,
-        counts_crash_redeliveries=False,
         stale_member_counts=tansu,
     )
 

@@ -53,9 +53,10 @@ class KafkaDelivery(Generic[M]):
     """:class:`brokers.contract.Delivery` of one record. ``nack(requeue=True)`` publishes a
     retry copy, ``nack(requeue=False)`` a dead letter, before the original is marked done.
 
-    ``attempt`` counts deliveries through retry copies (Kafka keeps no count per record);
-    ``deliveries`` adds the times this very record was handed out before without being settled
-    (its worker died, a settle failed) - the count the delivery limit applies to."""
+    ``attempt`` and ``deliveries`` count every delivery: those through retry copies (their
+    header) plus the times this very record was handed out before without being settled (its
+    worker died, a settle failed; kept in the group's in-flight topic) - the count the delivery
+    limit applies to."""
 
     message: M
     attempt: int
