@@ -97,7 +97,25 @@ class Submission:
     async def __aexit__(self, *exc: object) -> None:
         channel, self._channel = self._channel, None
         if channel is not None:
-            await self._replies.close_reply_channel(channel)
+            try:
+                await self._hand_over_unread(channel)
+            finally:
+                await self._replies.close_reply_channel(channel)
+
+    async def _hand_over_unread(self, channel: str) -> None:
+        """Results still in the private channel (the waiter timed out or left early) move to
+        the default results channel before it is deleted: nothing unread is dropped, and
+        ``uploader results`` shows them. Later ones land there by the transports' fallback."""
+        moved = 0
+        async with aclosing(self._replies.replies(channel, until_empty=True)) as deliveries:
+            async for delivery in deliveries:
+                result = delivery.message
+                if (result.task_id, result.group) not in self._reported:
+                    await self._replies.reply(DEFAULT_RESULTS, result)
+                    moved += 1
+                await delivery.ack()
+        if moved:
+            log.info("%d unread result(s) moved to the %r channel", moved, DEFAULT_RESULTS)
 
     @property
     def reply_to(self) -> str:

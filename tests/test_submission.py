@@ -131,3 +131,21 @@ async def test_a_resubmitted_task_id_is_answered_from_the_completion_record(
             [result] = await again.collect(timeout=10)
     assert retry.id == task.id and result.task_id == task.id
     assert await records.read_task(store, task.id) == task  # the first submission's record
+
+
+async def test_unread_results_are_handed_to_the_default_channel(broker: BrokerUnderTest) -> None:
+    group = unique()
+    options = SubmitOptions(groups=(group,), wait=True)
+    async with open_transport(broker.url) as transport:
+        async with Submission(
+            queue=transport, replies=transport, store=MemoryBlobStore(), options=options
+        ) as sub:
+            task = await sub.submit(_candidate(7))
+            await transport.reply(sub.reply_to, make_result(task, group))
+            # the waiter leaves without reading its result
+        seen = []
+        async with aclosing(transport.replies(DEFAULT_RESULTS, until_empty=True)) as results:
+            async for delivery in results:
+                seen.append(delivery.message.task_id)
+                await delivery.ack()
+    assert task.id in seen
