@@ -1,0 +1,1 @@
+"""The deployment topology as processes on one machine, with no shared disk (issue 11)."""
