@@ -10,14 +10,22 @@ The task id is the idempotency key. Every delivery goes through :class:`Completi
    loser (a concurrent copy of the same task id) adopts the winner's result and stays silent,
    because the winner's delivery is not settled before its reply is confirmed.
 3. :meth:`~Completions.answer` publishes the reply, then marks it replied. The delivery that
-   recorded the result always replies. A delivery answered from the record replies only if the
-   record's reply is still not marked after ``grace`` seconds: its recorder crashed between the
-   record and the reply's confirm (a live recorder marks within milliseconds).
+   recorded the result always replies. A delivery answered from a record whose reply is not
+   marked replies itself: at once if it is a *redelivery* (``attempt > 1``: the delivery before
+   it died or gave up, most likely between the record and the reply), after ``grace`` seconds
+   if it is a *first* delivery - a second copy of the task id, published again, whose recorder
+   may be alive and about to mark its reply (a live recorder marks within milliseconds).
+   Waiting holds the delivery, so a redelivery must not wait: a worker killed while it waits
+   would count one more delivery towards the delivery limit.
 
 A raw duplicate reply remains possible only when a worker dies between a reply's confirm and its
-``replied`` mark (or when the mark takes longer than ``grace``): bounded by crashes, and readers
-keep each (task id, group) once. A final error that cannot be recorded (the store is full or
-gone) is still replied - the client must hear about it - and dead-lettered unrecorded.
+``replied`` mark (or when a recorder takes longer than ``grace`` to mark, or its lease expired
+while it still worked): bounded by crashes, and readers keep each (task id, group) once.
+Transports that cannot count a crash as a delivery (Kafka) redeliver with ``attempt == 1``:
+their crash recovery waits ``grace`` once more.
+
+A final error that cannot be recorded (the store is full or gone) is still replied - the client
+must hear about it - and dead-lettered unrecorded.
 """
 
 from __future__ import annotations
@@ -91,13 +99,14 @@ class Completions:
             outcome = Outcome(result, ran=True, owner=True)
         return Outcome(outcome.result, ran=True, owner=outcome.owner, error=error)
 
-    async def answer(self, task: Task, outcome: Outcome) -> None:
-        """Reply for ``outcome`` as the module docstring says, then mark the reply. Raises the
-        transport's :class:`~pixfleet.errors.BrokerError` if the reply was not confirmed."""
+    async def answer(self, task: Task, outcome: Outcome, *, attempt: int) -> None:
+        """Reply for ``outcome`` of delivery number ``attempt`` as the module docstring says,
+        then mark the reply. Raises the transport's :class:`~pixfleet.errors.BrokerError` if
+        the reply was not confirmed."""
         result = outcome.result
         if outcome.owner:
             await self._reply(task, result)
-        elif not outcome.ran and not await self._replied_within_grace(result):
+        elif not outcome.ran and not await self._replied_within(result, attempt):
             log.info(
                 "task %s [%s]: its recorded result has no confirmed reply; replying now",
                 task.id,
@@ -117,9 +126,10 @@ class Completions:
                 exc.one_line(),
             )
 
-    async def _replied_within_grace(self, result: Result) -> bool:
+    async def _replied_within(self, result: Result, attempt: int) -> bool:
+        """Is the reply marked - now, or for a first delivery within ``grace`` seconds?"""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.grace
+        deadline = loop.time() + (self.grace if attempt == 1 else 0.0)
         while not await was_replied(self.blobs, result.task_id, result.group):
             if loop.time() >= deadline:
                 return False

@@ -95,7 +95,7 @@ class Handler:
                 await self._retry(delivery, err)
                 return
             outcome = await self._failure(delivery, err)
-        await self.completions.answer(delivery.message, outcome)
+        await self.completions.answer(delivery.message, outcome, attempt=delivery.attempt)
         await self._settle(delivery, outcome.result)
         self.health.recovered("settle")
         self._report(delivery.message, outcome)

@@ -67,9 +67,14 @@ class Rig:
         tasks: TaskQueue | None = None,
         replies: ReplyChannels | None = None,
         blobs: BlobStore | None = None,
+        reply_grace: float = 0.2,
     ) -> WorkerStats:
         settings = WorkerSettings(
-            group=self.group, concurrency=1, burst=True, retry_backoff=0.05, reply_grace=0.2
+            group=self.group,
+            concurrency=1,
+            burst=True,
+            retry_backoff=0.05,
+            reply_grace=reply_grace,
         )
         if limits is not None:
             settings = dataclasses.replace(settings, limits=limits)
@@ -465,6 +470,18 @@ async def test_failed_replies_make_the_worker_reconnect_and_it_goes_on(rig: Rig)
     assert events.states[-1][1] == "stopped"
     group = await rig.transport.stats(rig.group)
     assert (group.ready, group.dead) == (0, 0)
+
+
+async def test_a_redelivery_replies_from_an_unmarked_record_without_waiting(rig: Rig) -> None:
+    """Delivery 1 ran and recorded, its reply failed; delivery 2 must reply at once - waiting
+    for a mark that will never come would hold the delivery (and risk the delivery limit)."""
+    task = await rig.put(images.jpeg_bytes())
+    began = time.monotonic()
+    stats = await rig.work(replies=FlakyReplies(rig.transport, failures=1), reply_grace=60)
+    assert time.monotonic() - began < 30
+    assert stats.duplicates == 1  # delivery 2, answered from the record of delivery 1
+    [result] = await rig.raw_results()
+    assert (result.task_id, result.attempt) == (task.id, 1)
 
 
 async def test_a_failed_subscription_is_opened_again(rig: Rig) -> None:
