@@ -19,6 +19,7 @@ from brokers import open_transport
 from consumers.events import NO_EVENTS, EventFanout, WorkerEvents, WorkerStats
 from consumers.pipelines import BUILTIN, resolve
 from consumers.pool import PipelinePool
+from consumers.signals import defer_sigterm, received_early
 from consumers.worker import Worker, WorkerSettings
 from pixfleet.blobs import open_blobstore
 from pixfleet.envelope import is_group_name
@@ -151,7 +152,10 @@ def _install_signal_handlers(worker: Worker) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    if received_early():  # stopped while starting: nothing was taken yet
+        on_signal(signal.SIGTERM)
 
 
 def main() -> None:
+    defer_sigterm()
     app()

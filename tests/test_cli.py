@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -219,3 +221,18 @@ def test_a_publish_failure_mid_batch_lists_the_confirmed_tasks_and_exits_1(
     assert sorted(decode_result(line).task_id for line in shown.stdout.splitlines()) == sorted(
         published
     )
+
+
+@pytest.mark.parametrize("after", [0.2, 0.6, 1.2])
+def test_sigterm_while_the_worker_starts_stops_it_with_exit_0(tmp_path: Path, after: float) -> None:
+    """A service manager may stop a worker that is still importing, connecting or spawning its
+    pool: it takes no task and exits 0 instead of dying of the signal."""
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "consumers", "run", "-g", "thumbs", "-c", "1"],
+        cwd=REPO, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(after)
+    worker.send_signal(signal.SIGTERM)
+    _, err = worker.communicate(timeout=60)
+    assert worker.returncode == 0, err
+    assert "worker stopped: 0 ok, 0 failed, 0 retried, 0 duplicate(s)" in err
