@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 #: Extra seconds the parent waits beyond the limit before it kills a stuck child.
 HARD_GRACE = 5.0
+#: Fresh starts of a pool whose processes die while starting.
+START_TRIES = 3
 
 
 def _watch_parent(parent_pid: int) -> None:
@@ -116,12 +118,23 @@ class PipelinePool:
         )
 
     async def __aenter__(self) -> Self:
-        self._executor = self._new_executor()
-        # Warm the children up so the first tasks do not pay for interpreter start-up.
+        """Start the children and warm them up, so the first tasks do not pay for interpreter
+        start-up. A child that dies while it starts - before it could ignore SIGTERM, a
+        SIGTERM to the whole group kills it - costs a fresh start of the pool, up to
+        :data:`START_TRIES` times; then :class:`WorkerCrashed`."""
         loop = asyncio.get_running_loop()
-        warm = [loop.run_in_executor(self._executor, os.getpid) for _ in range(self.workers)]
-        await asyncio.gather(*warm)
-        return self
+        for _ in range(START_TRIES):
+            executor = self._executor = self._new_executor()
+            warm = [loop.run_in_executor(executor, os.getpid) for _ in range(self.workers)]
+            try:
+                await asyncio.gather(*warm)
+                return self
+            except BrokenProcessPool:
+                log.warning("a pool process died while starting; starting the pool again")
+                _kill_children(executor)
+                executor.shutdown(wait=False, cancel_futures=True)
+        self._executor = None
+        raise WorkerCrashed(f"the process pool did not start in {START_TRIES} tries")
 
     async def __aexit__(self, *exc: object) -> None:
         """Let the children finish and exit; after ``shutdown_timeout`` seconds, kill them."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -223,16 +224,24 @@ def test_a_publish_failure_mid_batch_lists_the_confirmed_tasks_and_exits_1(
     )
 
 
-@pytest.mark.parametrize("after", [0.2, 0.6, 1.2])
-def test_sigterm_while_the_worker_starts_stops_it_with_exit_0(tmp_path: Path, after: float) -> None:
+@pytest.mark.parametrize("group", [False, True], ids=["worker", "process-group"])
+@pytest.mark.parametrize("after", [0.2, 0.4, 0.6, 0.8, 1.2])
+def test_sigterm_while_the_worker_starts_stops_it_with_exit_0(
+    tmp_path: Path, after: float, group: bool
+) -> None:
     """A service manager may stop a worker that is still importing, connecting or spawning its
-    pool: it takes no task and exits 0 instead of dying of the signal."""
+    pool - to the worker alone or to its whole group, pool processes included: it takes no
+    task and exits 0 instead of dying of the signal (or of a pool process that did)."""
     worker = subprocess.Popen(
-        [sys.executable, "-m", "consumers", "run", "-g", "thumbs", "-c", "1"],
+        [sys.executable, "-m", "consumers", "run", "-g", "thumbs", "-c", "2"],
         cwd=REPO, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
     )  # fmt: skip
     time.sleep(after)
-    worker.send_signal(signal.SIGTERM)
+    if group:
+        os.killpg(worker.pid, signal.SIGTERM)
+    else:
+        worker.send_signal(signal.SIGTERM)
     _, err = worker.communicate(timeout=60)
     assert worker.returncode == 0, err
     assert "worker stopped: 0 ok, 0 failed, 0 retried, 0 duplicate(s)" in err
