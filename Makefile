@@ -1,6 +1,7 @@
 # pixfleet - every target installs what it needs first.
 #   make demo   sample photos -> two thumbs workers -> enqueue --wait -> results (embedded broker)
-#   make test   lint (ruff) + types (mypy --strict) + tests (pytest)
+#   make test   lint (ruff) + types (mypy --strict) + tests (pytest), the fault suite
+#               (tests/reliability, ~6 min on 2 cores) included; FAST=1 skips tests marked slow
 
 SHELL      := /bin/bash
 PYTHON     ?= python3
@@ -48,7 +49,7 @@ brokers:
 	bash tests/harness/ensure-nginx.sh
 
 pytest: $(STAMP) brokers
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(if $(FAST),-m "not slow")
 
 test: lint typecheck pytest
 

@@ -5,8 +5,10 @@ They wrap the real thumbs pipeline, adding behaviour that tests need to provoke 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,6 +17,9 @@ from typing import Any
 from consumers.pipelines import thumbs
 from consumers.pipelines.base import Limits, PipelineOutput
 from pixfleet.errors import BlobUnavailable
+
+#: ``params`` keys :func:`ledger` takes for itself; everything else goes to thumbs.
+LEDGER_KEYS = ("ledger", "task", "poison", "delay")
 
 
 def slow(data: bytes, params: Mapping[str, Any], limits: Limits) -> PipelineOutput:
@@ -57,4 +62,38 @@ def crash(data: bytes, params: Mapping[str, Any], limits: Limits) -> PipelineOut
     rest = dict(params)
     if rest.pop("crash", True):
         os._exit(137)
+    return thumbs.run(data, rest, limits)
+
+
+def ledger(data: bytes, params: Mapping[str, Any], limits: Limits) -> PipelineOutput:
+    """Log this execution, then run thumbs (or misbehave, as ``params["poison"]`` says).
+
+    The fault suite's witness of every execution: one JSON line ``{task_id, pid, worker_pid,
+    host, t}`` appended with a single ``os.write`` on an ``O_APPEND`` descriptor to a file of
+    this process in the directory ``params["ledger"]`` (a pipeline does not see its task, so
+    the harness puts the task id in ``params["task"]``). ``poison``: ``"transient"`` fails
+    with a retryable error every time; ``"kill-worker"`` SIGKILLs the worker process (a task
+    that crashes its worker, again on every redelivery). ``delay`` sleeps that many seconds.
+    """
+    rest = {k: v for k, v in params.items() if k not in LEDGER_KEYS}
+    line = {
+        "task_id": str(params["task"]),
+        "pid": os.getpid(),
+        "worker_pid": os.getppid(),
+        "host": socket.gethostname(),
+        "t": time.time(),
+    }
+    path = Path(str(params["ledger"])) / f"{socket.gethostname()}-{os.getpid()}.jsonl"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps(line) + "\n").encode())
+    finally:
+        os.close(fd)
+    poison = params.get("poison")
+    if poison == "transient":
+        raise BlobUnavailable("simulated storage outage that never ends")
+    if poison == "kill-worker":
+        os.kill(os.getppid(), signal.SIGKILL)
+        os._exit(137)
+    time.sleep(float(params.get("delay", 0)))
     return thumbs.run(data, rest, limits)
