@@ -112,12 +112,12 @@ class Node:
         return files_under(self.home)
 
     def kill_all(self) -> None:
-        """Teardown: SIGKILL every process group this node started, then reap them."""
+        """Teardown: SIGKILL every process group this node started (also the group of a
+        leader killed earlier: a pool child it left), then reap the leaders."""
         for proc in self.procs:
-            if proc.poll() is None:
-                with suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
         for log in self.files:
             log.close()
 
