@@ -95,7 +95,9 @@ class KafkaInspector:
         total = 0
         for tp in partitions:
             done = (await consumer.committed(tp)) if committed else None
-            total += ends[tp] - (done if done is not None else starts[tp])
+            # A commit can pass an end offset read a moment earlier (or one a broker reports
+            # low): a partition is never behind by less than nothing.
+            total += max(0, ends[tp] - (done if done is not None else starts[tp]))
         return total
 
     async def _partitions(self, consumer: AIOKafkaConsumer, topic: str) -> set[int]:
