@@ -21,8 +21,8 @@ The task id is the idempotency key. Every delivery goes through :class:`Completi
 A raw duplicate reply remains possible only when a worker dies between a reply's confirm and its
 ``replied`` mark (or when a recorder takes longer than ``grace`` to mark, or its lease expired
 while it still worked): bounded by crashes, and readers keep each (task id, group) once.
-Transports that cannot count a crash as a delivery (Kafka) redeliver with ``attempt == 1``:
-their crash recovery waits ``grace`` once more.
+A transport that could not count a crash as a delivery would redeliver with ``attempt == 1``:
+its crash recovery would wait ``grace`` once more.
 
 A final error that cannot be recorded (the store is full or gone) is still replied - the client
 must hear about it - and dead-lettered unrecorded.

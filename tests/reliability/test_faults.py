@@ -114,19 +114,11 @@ async def _poison_tasks(bench: Bench, n: int) -> tuple[list[Task], dict[str, str
 
 
 async def test_five_percent_poison_ends_in_dead_letters_one_each(
-    bench: Bench, broker: BrokerUnderTest, request: pytest.FixtureRequest
+    bench: Bench, broker: BrokerUnderTest
 ) -> None:
     """Corrupt images and bombs fail at once; an always-transient task fails at the delivery
     limit; a task that SIGKILLs its worker is dead-lettered by the transport after the limit
     (workers are respawned). Each poison task is one dead letter; the rest are fine."""
-    if broker.kind == "kafka" and not broker.counts_crash_redeliveries:
-        request.applymarker(
-            pytest.mark.xfail(
-                reason="Kafka keeps no delivery count across crashes: a task that kills its "
-                "worker is redelivered forever until the crash-loop guard (issue 9.8) lands",
-                strict=False,
-            )
-        )
     tasks, kinds = await _poison_tasks(bench, N_POISON[broker.kind])
     limit = broker.delivery_limit
     runs = {t: limit for t, kind in kinds.items() if kind in ("transient", "kill-worker")}
