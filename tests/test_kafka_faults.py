@@ -53,7 +53,7 @@ async def next_of(it: AsyncIterator[Delivery[Task]], timeout: float = WAIT) -> D
 
 def deliveries_of(delivery: Delivery[Task]) -> int:
     assert isinstance(delivery, KafkaDelivery)
-    return delivery.deliveries
+    return delivery.attempt
 
 
 def state_of(sub: Subscription[Any]) -> str:

@@ -53,14 +53,13 @@ class KafkaDelivery(Generic[M]):
     """:class:`brokers.contract.Delivery` of one record. ``nack(requeue=True)`` publishes a
     retry copy, ``nack(requeue=False)`` a dead letter, before the original is marked done.
 
-    ``attempt`` and ``deliveries`` count every delivery: those through retry copies (their
+    ``attempt`` counts every delivery: those through retry copies (their
     header) plus the times this very record was handed out before without being settled (its
     worker died, a settle failed; kept in the group's in-flight topic) - the count the delivery
     limit applies to."""
 
     message: M
     attempt: int
-    deliveries: int
     _settler: Settler = field(repr=False)
     _tp: TopicPartition = field(repr=False)
     _record: Record = field(repr=False)
@@ -80,11 +79,11 @@ class KafkaDelivery(Generic[M]):
             return
         settler, record = self._settler, self._record
         requeue, reason = apply_delivery_limit(
-            requeue, self.deliveries, settler.delivery_limit, reason
+            requeue, self.attempt, settler.delivery_limit, reason
         )
         try:
             if requeue:
-                copied = await settler.requeue(self._tp, record, self.deliveries, delay)
+                copied = await settler.requeue(self._tp, record, self.attempt, delay)
             else:
                 await settler.reject(record, reason or "rejected")
                 copied = True

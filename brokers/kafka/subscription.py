@@ -175,9 +175,7 @@ class KafkaSubscription(Generic[M]):
             return None  # its partition was revoked meanwhile
         self._buffer.remove(entry)
         self._yielded.add((entry.tp, entry.record.offset))
-        return KafkaDelivery(
-            message, entry.deliveries, entry.deliveries, self, entry.tp, entry.record
-        )
+        return KafkaDelivery(message, entry.deliveries, self, entry.tp, entry.record)
 
     async def _count(self, entry: Pending) -> None:
         """Write the delivery into the in-flight set before it is handed out."""
