@@ -17,6 +17,7 @@ import typer
 
 from brokers import open_transport
 from consumers.events import NO_EVENTS, EventFanout, WorkerEvents, WorkerStats
+from consumers.metrics import WorkerMetrics, serve_health
 from consumers.pipelines import BUILTIN, resolve
 from consumers.pool import PipelinePool
 from consumers.signals import defer_sigterm, received_early
@@ -48,6 +49,13 @@ DrainTimeoutOpt = typer.Option(
     help="On SIGTERM/SIGINT: seconds in-flight tasks get to finish, and again for the process "
     "pool to exit; what is left goes back to the broker.",
 )
+MetricsPortOpt = typer.Option(
+    0,
+    min=0,
+    max=65535,
+    envvar="PIXFLEET_METRICS_PORT",
+    help="Serve Prometheus /metrics and /healthz on this port (all interfaces); 0: off.",
+)
 DeliveryLimitOpt = typer.Option(
     5, "--delivery-limit", "--max-attempts", min=1, help="Deliveries before retries stop."
 )
@@ -70,6 +78,7 @@ def run_cmd(
     delivery_limit: int = DeliveryLimitOpt,
     retry_backoff: float = typer.Option(1.0, min=0.0, help="First retry delay in seconds."),
     drain_timeout: float = DrainTimeoutOpt,
+    metrics_port: int = MetricsPortOpt,
     log_level: str = typer.Option("info", help="debug, info, warning, error."),
     debug: bool = typer.Option(False, "--debug", help="Print tracebacks."),
 ) -> None:
@@ -88,10 +97,8 @@ def run_cmd(
         drain_timeout=drain_timeout,
         burst=burst,
     )
-    stats = run_async(
-        _serve(settings, broker or default_broker_url(), blobs or default_blobs_url(), pipeline),
-        debug=debug,
-    )
+    urls = (broker or default_broker_url(), blobs or default_blobs_url())
+    stats = run_async(_serve(settings, *urls, pipeline, metrics_port=metrics_port), debug=debug)
     counts = (stats.ok, stats.failed, stats.retried, stats.duplicates)
     log.info("worker stopped: %d ok, %d failed, %d retried, %d duplicate(s)", *counts)
 
@@ -109,9 +116,31 @@ async def _serve(
     blobs_url: str,
     pipeline_spec: str | None,
     events: WorkerEvents = NO_EVENTS,
+    *,
+    metrics_port: int = 0,
 ) -> WorkerStats:
     """Build the transport and the blob store from their URLs and serve with one worker; the
-    transport plays both of the worker's roles (task queue and reply channels)."""
+    transport plays both of the worker's roles (task queue and reply channels). With a
+    ``metrics_port``, ``/metrics`` and ``/healthz`` are served while it runs."""
+    if not metrics_port:
+        return await _serve_worker(settings, broker_url, blobs_url, pipeline_spec, events)
+    metrics = WorkerMetrics(settings.group)
+    server = await serve_health(metrics, "0.0.0.0", metrics_port)  # noqa: S104 - probes, scrapes
+    try:
+        events = EventFanout(events, metrics)
+        return await _serve_worker(settings, broker_url, blobs_url, pipeline_spec, events)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def _serve_worker(
+    settings: WorkerSettings,
+    broker_url: str,
+    blobs_url: str,
+    pipeline_spec: str | None,
+    events: WorkerEvents,
+) -> WorkerStats:
     pipeline = resolve(settings.group, pipeline_spec)
     blob_store = open_blobstore(blobs_url)
     on_recycle = EventFanout(events).pool_recycled

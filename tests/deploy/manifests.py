@@ -257,7 +257,7 @@ def worker_stop_seconds() -> float:
 
 #: Options the deployment files pass before the CLI has them: (script, option) -> the issue
 #: that adds it. The tests accept these and name them, so their arrival can be checked.
-PENDING_OPTIONS = {("worker", "--metrics-port"): "issue 12 (fleet: metrics and /healthz)"}
+PENDING_OPTIONS: dict[tuple[str, str], str] = {}
 
 
 def unknown_options(argv: list[str]) -> list[str]:
