@@ -33,6 +33,8 @@ from tests.reliability.ledger import Ledger, PublishLog
 
 REPO = Path(__file__).resolve().parents[2]
 LEDGER_PIPELINE = "tests.helpers.pipelines:ledger"
+#: Seconds a worker process runs before the harness stops it (see WorkerFleet.stop_all).
+START_GRACE = 0.5
 
 
 @dataclass
@@ -43,6 +45,7 @@ class WorkerProc:
     log_path: Path
     log: IO[bytes]
     stopping: bool = False  # SIGTERM sent by the harness: a drain, not a death
+    started: float = field(default_factory=time.monotonic)
 
     @property
     def pid(self) -> int:
@@ -99,18 +102,25 @@ class WorkerFleet:
         worker.stopping = True
         worker.signal_group(signal.SIGTERM)
 
-    def respawn_dead(self) -> int:
-        """Start a replacement for each worker that died (not stopped by the harness)."""
+    def respawn_dead(self, *, replace: bool = True) -> int:
+        """Count the workers that died (not stopped by the harness) since the last call and
+        start a replacement for each (unless not ``replace``)."""
         dead = [w for w in self.workers if not w.alive() and not w.stopping]
         for worker in dead:
-            worker.stopping = True  # replaced: not counted again
-            self._start_one()
+            worker.stopping = True  # counted: not again
+            if replace:
+                self._start_one()
         return len(dead)
 
     def stop_all(self, timeout: float = 60) -> dict[int, int]:
-        """SIGTERM every live worker's group and wait; exit codes by pid of those stopped."""
+        """SIGTERM every live worker's group and wait; exit codes by pid of those stopped.
+
+        A worker gets :data:`START_GRACE` seconds of life first: a SIGTERM that arrives before
+        the interpreter ran a line of the worker (tens of ms) kills it by the default action -
+        nothing was taken, but the exit code would say -15."""
         live = self.alive()
         for worker in live:
+            time.sleep(max(0.0, worker.started + START_GRACE - time.monotonic()))
             self.terminate(worker)
         return {w.pid: w.proc.wait(timeout=timeout) for w in live}
 

@@ -215,6 +215,6 @@ def respawn() -> Fault:
         died = 0
         while not await _pause(run, 0.2):
             died += run.fleet.respawn_dead()
-        return died + run.fleet.respawn_dead()
+        return died + run.fleet.respawn_dead(replace=False)  # the row is over: count only
 
     return fault
