@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import signal
+from dataclasses import dataclass
 
 import typer
 
@@ -26,7 +27,7 @@ from pixfleet.blobs import open_blobstore
 from pixfleet.envelope import is_group_name
 from pixfleet.errors import ConfigError
 from pixfleet.images import Limits
-from pixfleet.runtime import configure_logging, fail, run_async
+from pixfleet.runtime import configure_logging, fail, run_async, set_log_format
 from pixfleet.settings import ENV_BLOBS, ENV_BROKER, default_blobs_url, default_broker_url
 
 log = logging.getLogger(__name__)
@@ -38,9 +39,17 @@ app = typer.Typer(
 )
 
 
+LogFormatOpt = typer.Option(
+    None,
+    "--log-format",
+    help="Log lines as text or json (one object per line); env PIXFLEET_LOG_FORMAT.",
+)
+
+
 @app.callback()
-def _root() -> None:
+def _root(log_format: str = LogFormatOpt) -> None:
     """pixfleet worker."""
+    set_log_format(log_format)
 
 
 DrainTimeoutOpt = typer.Option(
@@ -55,6 +64,12 @@ MetricsPortOpt = typer.Option(
     max=65535,
     envvar="PIXFLEET_METRICS_PORT",
     help="Serve Prometheus /metrics and /healthz on this port (all interfaces); 0: off.",
+)
+UnhealthyAfterOpt = typer.Option(
+    60.0,
+    min=0.0,
+    envvar="PIXFLEET_UNHEALTHY_AFTER",
+    help="/healthz fails once the worker has been reconnecting for this many seconds.",
 )
 DeliveryLimitOpt = typer.Option(
     5, "--delivery-limit", "--max-attempts", min=1, help="Deliveries before retries stop."
@@ -79,6 +94,7 @@ def run_cmd(
     retry_backoff: float = typer.Option(1.0, min=0.0, help="First retry delay in seconds."),
     drain_timeout: float = DrainTimeoutOpt,
     metrics_port: int = MetricsPortOpt,
+    unhealthy_after: float = UnhealthyAfterOpt,
     log_level: str = typer.Option("info", help="debug, info, warning, error."),
     debug: bool = typer.Option(False, "--debug", help="Print tracebacks."),
 ) -> None:
@@ -88,17 +104,14 @@ def run_cmd(
     if not is_group_name(group):
         fail(ConfigError(f"invalid group name {group!r} (use a-z, 0-9, _ and -)").one_line())
     settings = WorkerSettings(
-        group=group,
-        concurrency=concurrency,
-        prefetch=prefetch,
+        group=group, concurrency=concurrency, prefetch=prefetch,
         limits=Limits(max_pixels=max_pixels, max_bytes=max_bytes, timeout=timeout),
-        delivery_limit=delivery_limit,
-        retry_backoff=retry_backoff,
-        drain_timeout=drain_timeout,
-        burst=burst,
-    )
+        delivery_limit=delivery_limit, retry_backoff=retry_backoff,
+        drain_timeout=drain_timeout, burst=burst,
+    )  # fmt: skip
     urls = (broker or default_broker_url(), blobs or default_blobs_url())
-    stats = run_async(_serve(settings, *urls, pipeline, metrics_port=metrics_port), debug=debug)
+    health = _Health(metrics_port, unhealthy_after)
+    stats = run_async(_serve(settings, *urls, pipeline, health=health), debug=debug)
     counts = (stats.ok, stats.failed, stats.retried, stats.duplicates)
     log.info("worker stopped: %d ok, %d failed, %d retried, %d duplicate(s)", *counts)
 
@@ -110,6 +123,12 @@ def pipelines() -> None:
         typer.echo(f"{name}\t{target}")
 
 
+@dataclass(frozen=True)
+class _Health:
+    port: int = 0  # 0: no /metrics nor /healthz
+    unhealthy_after: float = 60.0
+
+
 async def _serve(
     settings: WorkerSettings,
     broker_url: str,
@@ -117,18 +136,20 @@ async def _serve(
     pipeline_spec: str | None,
     events: WorkerEvents = NO_EVENTS,
     *,
-    metrics_port: int = 0,
+    health: _Health = _Health(),
 ) -> WorkerStats:
     """Build the transport and the blob store from their URLs and serve with one worker; the
     transport plays both of the worker's roles (task queue and reply channels). With a
-    ``metrics_port``, ``/metrics`` and ``/healthz`` are served while it runs."""
-    if not metrics_port:
+    metrics port, ``/metrics`` and ``/healthz`` are served while it runs."""
+    if not health.port:
         return await _serve_worker(settings, broker_url, blobs_url, pipeline_spec, events)
-    metrics = WorkerMetrics(settings.group)
-    server = await serve_health(metrics, "0.0.0.0", metrics_port)  # noqa: S104 - probes, scrapes
+    metrics = WorkerMetrics(settings.group, unhealthy_after=health.unhealthy_after)
+    server = await serve_health(metrics, "0.0.0.0", health.port)  # noqa: S104 - probes, scrapes
     try:
         events = EventFanout(events, metrics)
-        return await _serve_worker(settings, broker_url, blobs_url, pipeline_spec, events)
+        return await _serve_worker(
+            settings, broker_url, blobs_url, pipeline_spec, events, metrics=metrics
+        )
     finally:
         server.close()
         await server.wait_closed()
@@ -140,6 +161,8 @@ async def _serve_worker(
     blobs_url: str,
     pipeline_spec: str | None,
     events: WorkerEvents,
+    *,
+    metrics: WorkerMetrics | None = None,
 ) -> WorkerStats:
     pipeline = resolve(settings.group, pipeline_spec)
     blob_store = open_blobstore(blobs_url)
@@ -161,7 +184,15 @@ async def _serve_worker(
             events=events,
         )
         _install_signal_handlers(worker)
-        return await worker.run()
+        if metrics is None:
+            return await worker.run()
+        async with metrics.watching(
+            lambda: worker.in_flight,
+            lambda: worker.free_slots,
+            transport,
+            on_broker=worker.health.probed,
+        ):
+            return await worker.run()
 
 
 def _install_signal_handlers(worker: Worker) -> None:

@@ -9,6 +9,10 @@ worker calls the hook at these points, synchronously, on the event loop thread:
 * ``task_duplicate`` - a delivery of a (task id, group) whose result was recorded already (a
   duplicate publish, a redelivery after a crash, a copy that lost the race to record) was
   settled with the recorded result instead of a second one;
+* ``step_timed`` - one step of a run took ``seconds``: ``fetch``, ``queue`` (waiting for a free
+  pipeline slot), ``process`` (the pipeline), ``store``, then ``reply`` (record and reply);
+* ``settle_failed`` - a reply, ack or nack failed (the broker is unavailable): the delivery was
+  given back for a redelivery;
 * ``pool_recycled`` - the process pool was killed and rebuilt (a stuck or crashed child);
 * ``state_changed`` - the worker moved from one :data:`WorkerState` to another.
 
@@ -50,6 +54,10 @@ class WorkerEvents(Protocol):
         """This delivery of ``task`` was settled with ``result``, recorded by another one."""
         ...
 
+    def step_timed(self, task: Task, step: str, seconds: float) -> None: ...
+
+    def settle_failed(self, task: Task, error: PixfleetError) -> None: ...
+
     def pool_recycled(self, reason: str) -> None: ...
 
     def state_changed(self, old: WorkerState, new: WorkerState) -> None: ...
@@ -68,6 +76,12 @@ class NoEvents:
         return None
 
     def task_duplicate(self, task: Task, result: Result) -> None:
+        return None
+
+    def step_timed(self, task: Task, step: str, seconds: float) -> None:
+        return None
+
+    def settle_failed(self, task: Task, error: PixfleetError) -> None:
         return None
 
     def pool_recycled(self, reason: str) -> None:
@@ -126,6 +140,12 @@ class EventFanout:
 
     def task_duplicate(self, task: Task, result: Result) -> None:
         self._each(lambda listener: listener.task_duplicate(task, result))
+
+    def step_timed(self, task: Task, step: str, seconds: float) -> None:
+        self._each(lambda listener: listener.step_timed(task, step, seconds))
+
+    def settle_failed(self, task: Task, error: PixfleetError) -> None:
+        self._each(lambda listener: listener.settle_failed(task, error))
 
     def pool_recycled(self, reason: str) -> None:
         self._each(lambda listener: listener.pool_recycled(reason))

@@ -13,7 +13,9 @@ from consumers.health import Health
 from consumers.pipelines.base import Pipeline
 from consumers.pool import PipelinePool
 from consumers.settings import WorkerSettings
-from consumers.steps import Stopwatch, check_admissible, error_result, ok_result, store_outputs
+from consumers.steps import check_admissible, error_result, ok_result, store_outputs
+from consumers.timing import Steps
+from pixfleet import tracing
 from pixfleet.blobs import BlobStore
 from pixfleet.envelope import Result, Task, WorkerInfo
 from pixfleet.errors import BrokerError, PixfleetError
@@ -47,16 +49,19 @@ class Handler:
         self._backoff = settings.backoff
         self._slots = asyncio.Semaphore(settings.concurrency)
         self.given_back = 0  # deliveries nacked with requeue=True
+        self.busy = 0  # pipeline slots in use (of settings.concurrency)
 
     async def handle(self, delivery: Delivery[Task]) -> None:
         task = delivery.message
         try:
-            await self._process_and_settle(delivery)
+            with tracing.span("pixfleet.task", parent=task.trace, attributes=self._about(task)):
+                await self._process_and_settle(delivery)
         except asyncio.CancelledError:
             raise
         except BrokerError as err:
             # Reply or settle failed (broker gone?). Not acked: the task will come back.
             self.health.trouble("settle", err)
+            self.events.settle_failed(task, err)
             log.warning(
                 "task %s [%s]: could not finish (%s); it will be redelivered",
                 task.id,
@@ -71,6 +76,9 @@ class Handler:
                 self.settings.group,
             )
             await self._nack_quietly(delivery)
+
+    def _about(self, task: Task) -> dict[str, str]:
+        return {"pixfleet.task_id": task.id, "pixfleet.group": self.settings.group}
 
     async def _nack_quietly(self, delivery: Delivery[Task]) -> None:
         self.given_back += 1
@@ -95,7 +103,8 @@ class Handler:
                 await self._retry(delivery, err)
                 return
             outcome = await self._failure(delivery, err)
-        await self.completions.answer(delivery.message, outcome, attempt=delivery.attempt)
+        with Steps(delivery.message, self.events).step("reply"):
+            await self.completions.answer(delivery.message, outcome, attempt=delivery.attempt)
         await self._settle(delivery, outcome.result)
         self.health.recovered("settle")
         self._report(delivery.message, outcome)
@@ -159,16 +168,21 @@ class Handler:
     async def _execute(self, task: Task, attempt: int) -> Result:
         """Check, fetch, process, store; the ``ok`` result. Raises :class:`PixfleetError`."""
         s = self.settings
-        clock = Stopwatch()
+        steps = Steps(task, self.events)
         check_admissible(task, s.limits)
-        data = await self.blobs.get(task.blob)
-        clock.lap("fetch")
-        async with self._slots:
-            clock.lap("queue")
-            out = await self.pool.process(self.pipeline, data, task.params, s.limits)
-        clock.lap("process")
-        outputs = await store_outputs(self.blobs, task.id, s.group, out.renditions)
-        clock.lap("store")
+        with steps.step("fetch"):
+            data = await self.blobs.get(task.blob)
+        with steps.step("queue"):
+            await self._slots.acquire()
+        self.busy += 1
+        try:
+            with steps.step("process"):
+                out = await self.pool.process(self.pipeline, data, task.params, s.limits)
+        finally:
+            self.busy -= 1
+            self._slots.release()
+        with steps.step("store"):
+            outputs = await store_outputs(self.blobs, task.id, s.group, out.renditions)
         return ok_result(
             task,
             out,
@@ -176,5 +190,5 @@ class Handler:
             group=s.group,
             worker=self.info,
             attempt=attempt,
-            timings_ms=clock.timings_ms(),
+            timings_ms=steps.timings_ms(),
         )

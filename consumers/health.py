@@ -1,7 +1,8 @@
 """The worker's state: its lifecycle phase, or ``reconnecting`` while the broker is unavailable.
 
-Two things can find the broker gone: the subscription (it raised a retryable broker error) and
-the handlers (a reply, ack or nack failed). Each is a *source* of trouble; the worker is
+Two things can find the broker gone: the subscription (it raised a retryable broker error, or
+it shows ``reconnecting`` in its ``state`` while it retries by itself, as every transport's does)
+and the handlers (a reply, ack or nack failed). Each is a *source* of trouble; the worker is
 ``reconnecting`` while any source is in trouble and back in its phase (``consuming`` or
 ``draining``) once every source has worked again. Every change is logged as one line and
 reported to the listener - never one line per failed delivery.
@@ -11,13 +12,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 from consumers.events import WorkerState
-from pixfleet.errors import PixfleetError
+from pixfleet.errors import BrokerUnavailable, PixfleetError
 
 log = logging.getLogger(__name__)
 
 _ACTIVE: tuple[WorkerState, ...] = ("consuming", "draining")
+
+
+@runtime_checkable
+class _Stated(Protocol):
+    """A subscription that tells whether it reaches its broker (``consuming`` or
+    ``reconnecting``); every transport's does, the contract does not require it."""
+
+    @property
+    def state(self) -> str: ...
 
 
 class Health:
@@ -47,6 +58,21 @@ class Health:
         """``source`` worked again."""
         if self._troubles.pop(source, None) is not None:
             self._update()
+
+    def watch(self, source: str, subscription: object) -> None:
+        """``source`` is waiting quietly on ``subscription``: in trouble while it shows
+        ``reconnecting`` (retrying an unreachable broker by itself), else working."""
+        if isinstance(subscription, _Stated) and subscription.state == "reconnecting":
+            self.trouble(source, BrokerUnavailable("the subscription is reconnecting"))
+        else:
+            self.recovered(source)
+
+    def probed(self, error: PixfleetError | None) -> None:
+        """A look at the broker (``/metrics``' backlog probe) failed with ``error``, or worked."""
+        if error is None:
+            self.recovered("probe")
+        else:
+            self.trouble("probe", error)
 
     def _update(self) -> None:
         new = "reconnecting" if self._troubles and self._phase in _ACTIVE else self._phase

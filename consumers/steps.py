@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
@@ -14,23 +13,6 @@ from pixfleet.blobs import BlobStore, store_output
 from pixfleet.envelope import ErrorInfo, Output, Result, Task, WorkerInfo
 from pixfleet.errors import PixfleetError, TaskExpired
 from pixfleet.images import ImageTooLarge, Limits
-
-
-class Stopwatch:
-    """Milliseconds per step, each measured from the previous lap (or the start)."""
-
-    def __init__(self) -> None:
-        self._started = self._last = time.perf_counter()
-        self._laps: dict[str, float] = {}
-
-    def lap(self, step: str) -> None:
-        now = time.perf_counter()
-        self._laps[step] = _ms(now - self._last)
-        self._last = now
-
-    def timings_ms(self) -> dict[str, float]:
-        """Every lap plus ``total`` (start to the last lap)."""
-        return {**self._laps, "total": _ms(self._last - self._started)}
 
 
 def check_admissible(task: Task, limits: Limits) -> None:
@@ -99,7 +81,3 @@ def error_result(
         worker=worker,
         attempt=attempt,
     )
-
-
-def _ms(seconds: float) -> float:
-    return round(seconds * 1000.0, 2)

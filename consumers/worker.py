@@ -44,6 +44,7 @@ from consumers.settings import RETRY_BACKOFF_CAP, WorkerSettings
 from pixfleet.blobs import BlobStore
 from pixfleet.envelope import Task, WorkerInfo
 from pixfleet.errors import BrokerError
+from pixfleet.logs import set_worker, task_context
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,16 @@ class Worker:
     def state(self) -> WorkerState:
         return self.health.state
 
+    @property
+    def in_flight(self) -> int:
+        """Deliveries being handled now (received, not yet settled)."""
+        return len(self._in_flight)
+
+    @property
+    def free_slots(self) -> int:
+        """Pipeline processes not running a task now."""
+        return self.settings.concurrency - self.handler.busy
+
     # -- lifecycle -------------------------------------------------------------------------
 
     def request_stop(self) -> None:
@@ -114,6 +125,7 @@ class Worker:
         consumes until the group is empty and drains; another round follows only if the last
         one gave deliveries back for a retry."""
         s = self.settings
+        set_worker(self.info.id, s.group)
         log.info(
             "worker %s serving group %r (concurrency %d, prefetch %d%s)",
             self.info.id,
@@ -162,7 +174,8 @@ class Worker:
             async with aclosing(stream) as deliveries:
                 while (delivery := await self._next(deliveries, stop)) is not None:
                     self.health.recovered("subscription")
-                    handler = asyncio.create_task(self.handler.handle(delivery))
+                    context = task_context(delivery.message.id, s.group, self.info.id)
+                    handler = asyncio.create_task(self.handler.handle(delivery), context=context)
                     self._in_flight.add(handler)
                     handler.add_done_callback(self._in_flight.discard)
         finally:
@@ -182,7 +195,7 @@ class Worker:
             if stop.done():
                 nxt.cancel()  # transports' __anext__ is cancellation-safe
                 return None
-            self.health.recovered("subscription")  # waiting quietly: the broker is there
+            self.health.watch("subscription", deliveries)  # quiet: reachable or reconnecting
         try:
             delivery: Delivery[Task] = nxt.result()
         except StopAsyncIteration:

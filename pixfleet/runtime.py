@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Coroutine
 from typing import Any, NoReturn, TypeVar
 
-from pixfleet.errors import PixfleetError
+from pixfleet.errors import ConfigError, PixfleetError
+from pixfleet.logs import LOG_FORMATS, JsonFormatter
 
 T = TypeVar("T")
 
@@ -21,12 +23,38 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
+#: Where ``--log-format`` and ``PIXFLEET_LOG_FORMAT`` choose ``text`` or ``json`` lines.
+ENV_LOG_FORMAT = "PIXFLEET_LOG_FORMAT"
+_TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def set_log_format(log_format: str | None) -> None:
+    """Remember ``--log-format`` (a CLI's root option) for :func:`configure_logging`; an
+    unknown format is one ``error[config.invalid]`` line and exit 2."""
+    if log_format is None:
+        return
+    if log_format not in LOG_FORMATS:
+        fail(
+            ConfigError(
+                f"--log-format {log_format!r} is not one of {', '.join(LOG_FORMATS)}"
+            ).one_line(),
+            EXIT_USAGE,
+        )
+    os.environ[ENV_LOG_FORMAT] = log_format  # child processes (the pool) log the same way
+
+
 def configure_logging(level: str = "info") -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
+    """Log to stderr at ``level``, as text or (``PIXFLEET_LOG_FORMAT=json``) one JSON object
+    per line (:class:`pixfleet.logs.JsonFormatter`)."""
+    log_format = os.environ.get(ENV_LOG_FORMAT, "text").strip().lower() or "text"
+    set_log_format(log_format)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter() if log_format == "json" else logging.Formatter(_TEXT_FORMAT)
     )
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO), handlers=[handler]
+    )  # a no-op where logging is configured already (under pytest)
     logging.getLogger("asyncio").setLevel(logging.WARNING)
     if level.lower() != "debug":
         # aiormq/aio-pika log every failed connection attempt at ERROR; the transport turns

@@ -27,7 +27,7 @@ from pixfleet.blobs import open_blobstore
 from pixfleet.envelope import Ident, Task
 from pixfleet.errors import ConfigError, PixfleetError
 from pixfleet.images import MAX_BYTES, MAX_PIXELS, Limits
-from pixfleet.runtime import EXIT_FAILURE, configure_logging, fail, run_async
+from pixfleet.runtime import EXIT_FAILURE, configure_logging, fail, run_async, set_log_format
 from pixfleet.settings import ENV_BLOBS, ENV_BROKER, default_blobs_url, default_broker_url
 from producer import inspect, render
 from producer.samples import write_samples
@@ -52,9 +52,17 @@ TaskIdOpt = typer.Option(
 )
 
 
+LogFormatOpt = typer.Option(
+    None,
+    "--log-format",
+    help="Log lines as text or json (one object per line); env PIXFLEET_LOG_FORMAT.",
+)
+
+
 @app.callback()
-def _root() -> None:
+def _root(log_format: str = LogFormatOpt) -> None:
     """pixfleet uploader."""
+    set_log_format(log_format)
 
 
 app.command("serve")(serve_cmd)

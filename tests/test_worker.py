@@ -271,6 +271,8 @@ class Recorder:
     recycled: list[str] = field(default_factory=list)
     states: list[tuple[WorkerState, WorkerState]] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
+    steps: list[tuple[str, str]] = field(default_factory=list)
+    settle_failures: list[tuple[str, str]] = field(default_factory=list)
 
     def task_ok(self, task: Task, result: Result) -> None:
         assert result.task_id == task.id and result.status == "ok"
@@ -285,6 +287,13 @@ class Recorder:
     def task_duplicate(self, task: Task, result: Result) -> None:
         assert result.task_id == task.id
         self.duplicates.append(task.id)
+
+    def step_timed(self, task: Task, step: str, seconds: float) -> None:
+        assert seconds >= 0
+        self.steps.append((task.id, step))
+
+    def settle_failed(self, task: Task, error: PixfleetError) -> None:
+        self.settle_failures.append((task.id, error.code))
 
     def pool_recycled(self, reason: str) -> None:
         self.recycled.append(reason)
@@ -305,6 +314,8 @@ async def test_events_hear_ok_retry_failed_and_every_state_change(rig: Rig) -> N
     assert events.retries == [(flaky.id, 1, 0.05, "blob.unavailable")]  # Backoff(first=0.05)
     assert events.failed == [(bad.id, "image.invalid")]
     assert events.recycled == []
+    steps = ["fetch", "queue", "process", "store", "reply"]
+    assert [step for task_id, step in events.steps if task_id == good.id] == steps
     assert (stats.ok, stats.retried, stats.failed) == (2, 1, 1)  # counted once, not twice
     assert events.states[0] == ("starting", "consuming")
     assert events.states[-1] == ("draining", "stopped")

@@ -10,10 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from brokers import names
 from brokers.contract import DeadLetter, GroupStats
 from brokers.kafka.client import KafkaClient
+from brokers.kafka.failures import translate
 from brokers.kafka.records import reason_of
 from pixfleet.envelope import is_group_name
 
@@ -43,19 +45,17 @@ class KafkaInspector:
         consumer = AIOKafkaConsumer(
             group_id=s.name(group), enable_auto_commit=False, **s.client_options()
         )
-        await consumer.start()
         try:
-            ready = await self._lag(consumer, [tasks, retry], committed=True)
-            dead_count = await self._lag(consumer, [dead], committed=False)
-        finally:
-            await consumer.stop()
-        return GroupStats(
-            group,
-            ready=ready,
-            in_flight=None,
-            dead=dead_count,
-            consumers=await self._members(group),
-        )
+            try:
+                await consumer.start()
+                ready = await self._lag(consumer, [tasks, retry], committed=True)
+                dead_count = await self._lag(consumer, [dead], committed=False)
+            finally:
+                await consumer.stop()  # also after a failed start: nothing left unclosed
+            members = await self._members(group)
+        except KafkaError as exc:
+            raise translate(exc, self._client.url, f"read the backlog of {group}") from exc
+        return GroupStats(group, ready=ready, in_flight=None, dead=dead_count, consumers=members)
 
     async def dead_letters(self, group: str, *, limit: int = 100) -> list[DeadLetter]:
         topic = self._settings.name(names.kafka_dead_topic(group))
