@@ -97,9 +97,11 @@ class Task(_Frozen):
         correlation_id: str | None = None,
         deadline: datetime | None = None,
         task_id: str | None = None,
+        trace: str | None = None,
     ) -> Task:
         """Build a task; ``task_id`` (an idempotency key) defaults to a fresh id, the
-        correlation id to the task id."""
+        correlation id to the task id; ``trace`` is the W3C ``traceparent`` of the span that
+        made it."""
         task_id = task_id or uuid.uuid4().hex
         return cls(
             id=task_id,
@@ -111,6 +113,7 @@ class Task(_Frozen):
             reply_to=reply_to,
             correlation_id=correlation_id or task_id,
             deadline=deadline,
+            trace=trace,
         )
 
 

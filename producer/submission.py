@@ -33,6 +33,7 @@ from pydantic import JsonValue
 
 from brokers.contract import Delivery, ReplyChannels, Subscription, TaskQueue
 from brokers.names import DEFAULT_GROUP, DEFAULT_RESULTS
+from pixfleet import tracing
 from pixfleet.blobs import BlobStore, store_upload
 from pixfleet.envelope import BlobRef, Result, Task, is_group_name
 from pixfleet.errors import ConfigError, ResultTimeout
@@ -88,6 +89,7 @@ class Submission:
         self._channel: str | None = None
         self._tasks: list[Task] = []
         self._reported: set[tuple[str, str]] = set()  # (task id, group) already yielded
+        self._traces: dict[str, str] = {}  # task id -> traceparent (when tracing)
 
     async def __aenter__(self) -> Self:
         if self.options.wait:
@@ -149,20 +151,24 @@ class Submission:
         and the republished task is answered from the completion record instead of running
         twice (workers check it), so a client retry never makes a second result."""
         ttl = self.options.ttl
-        task = Task.new(
-            ref,
-            groups=self.options.groups,
-            filename=filename,
-            params=self.options.params,
-            reply_to=self.reply_to,
-            deadline=datetime.now(UTC) + timedelta(seconds=ttl) if ttl is not None else None,
-            task_id=task_id,
-        )
-        recorded = await record_task(self._store, task)
-        if recorded.id == task.id and recorded is not task:
-            log.info("task %s was submitted before; publishing it again", task.id)
-        await self._queue.publish(task)
+        with tracing.span("pixfleet.enqueue", attributes={"pixfleet.filename": filename}) as trace:
+            task = Task.new(
+                ref,
+                groups=self.options.groups,
+                filename=filename,
+                params=self.options.params,
+                reply_to=self.reply_to,
+                deadline=datetime.now(UTC) + timedelta(seconds=ttl) if ttl is not None else None,
+                task_id=task_id,
+                trace=trace,
+            )
+            recorded = await record_task(self._store, task)
+            if recorded.id == task.id and recorded is not task:
+                log.info("task %s was submitted before; publishing it again", task.id)
+            await self._queue.publish(task)
         self._tasks.append(task)
+        if task.trace is not None:
+            self._traces[task.id] = task.trace
         log.debug("submitted %s as task %s", filename, task.id)
         return task
 
@@ -217,7 +223,17 @@ class Submission:
             return False
         pending.discard(key)
         self._reported.add(key)
+        self._trace_arrival(result)
         return True
+
+    def _trace_arrival(self, result: Result) -> None:
+        """Close the task's trace with a ``pixfleet.result`` span as its result arrives."""
+        trace = self._traces.get(result.task_id)
+        if trace is None:
+            return
+        about = {"pixfleet.task_id": result.task_id, "pixfleet.group": result.group}
+        with tracing.span("pixfleet.result", parent=trace, attributes=about):
+            pass
 
     async def collect(
         self, *, timeout: float, on_result: Callable[[Result], None] | None = None
