@@ -24,6 +24,7 @@ from brokers.contract import (
     TaskQueue,
     Transport,
 )
+from pixfleet import signing
 from pixfleet.errors import InvalidURL
 from pixfleet.settings import redact
 
@@ -56,8 +57,11 @@ class _FromUrl(Protocol):
 def open_transport(url: str) -> Transport:
     """The transport for ``url`` (not yet connected: use it with ``async with``).
 
-    Raises :class:`~pixfleet.errors.InvalidURL` for an unknown scheme or bad options.
+    Raises :class:`~pixfleet.errors.InvalidURL` for an unknown scheme or bad options, and
+    :class:`~pixfleet.errors.ConfigError` for an unreadable signing key (checked here, so a
+    misconfigured process stops at once instead of dead-lettering every message).
     """
+    signing.keyring()
     scheme = urlsplit(url).scheme
     target = TRANSPORTS.get(scheme)
     if target is None:

@@ -2,8 +2,10 @@
 
 Both models are frozen and validated strictly. :func:`decode_task` / :func:`decode_result` are the
 only way bytes from a broker become envelopes; they raise :class:`~pixfleet.errors.EnvelopeError`
-(bad JSON, schema violation) or :class:`~pixfleet.errors.EnvelopeVersionError` (a ``v`` this code
-does not know) and never anything else, so a consumer can dead-letter the message and go on.
+(bad JSON, schema violation), :class:`~pixfleet.errors.EnvelopeVersionError` (a ``v`` this code
+does not know) or, with a signing key set, ``EnvelopeUnsigned`` / ``EnvelopeBadSignature``
+(:mod:`pixfleet.signing`), and never anything else, so a consumer can dead-letter the message
+and go on.
 
 The JSON Schemas in ``brokers/schema/`` are generated from these models (``python -m
 pixfleet.schema``) and a test keeps them in sync, so producers in other languages can write tasks.
@@ -29,6 +31,7 @@ from pydantic import (
 )
 
 from pixfleet.errors import EnvelopeError, EnvelopeVersionError
+from pixfleet.signing import SIG_FIELD, keyring, sign, verify
 
 SCHEMA_VERSION: Final = 1
 #: The reply channel of a task that names none (``brokers.names.DEFAULT_RESULTS`` is this).
@@ -166,15 +169,23 @@ def is_group_name(name: str) -> bool:
 
 
 def encode(message: Task | Result) -> bytes:
-    """Serialise an envelope to compact UTF-8 JSON."""
-    return message.model_dump_json().encode()
+    """Serialise an envelope to compact UTF-8 JSON, signed (a ``sig`` member) when a signing
+    key is configured (:mod:`pixfleet.signing`)."""
+    keys = keyring()
+    if keys is None:
+        return message.model_dump_json().encode()
+    signed = sign(message.model_dump(mode="json"), keys)
+    text = json.dumps(signed, separators=(",", ":"), ensure_ascii=False)
+    return text.encode("utf-8", "surrogatepass")
 
 
 #: Largest envelope body accepted, checked before parsing (a task is a few hundred bytes).
 MAX_BODY_BYTES: Final = 256 * 1024
 
 
-def _check_version(body: bytes | str) -> None:
+def _check_version(body: bytes | str) -> bytes | str:
+    """Parse ``body``, check its version and (with a key set) its signature; returns the JSON
+    the model validates: ``body`` itself, or ``body`` without its ``sig`` member."""
     if len(body) > MAX_BODY_BYTES:
         raise EnvelopeError(f"body of {len(body)} bytes exceeds the limit of {MAX_BODY_BYTES}")
     try:
@@ -190,6 +201,12 @@ def _check_version(body: bytes | str) -> None:
             f"unsupported schema version v={str(version)[:20]!r} "
             f"(this worker understands v={SCHEMA_VERSION})"
         )
+    keys = keyring()
+    if keys is not None:
+        verify(obj, keys)  # on the raw object, before the model sees anything
+    if SIG_FIELD not in obj:
+        return body
+    return json.dumps({k: v for k, v in obj.items() if k != SIG_FIELD})
 
 
 def _describe(exc: ValidationError) -> str:
@@ -203,9 +220,9 @@ def _describe(exc: ValidationError) -> str:
 
 def decode_task(body: bytes | str) -> Task:
     """Parse and validate a task body. Raises only :class:`EnvelopeError` subclasses."""
-    _check_version(body)
+    checked = _check_version(body)
     try:
-        return Task.model_validate_json(body)
+        return Task.model_validate_json(checked)
     except ValidationError as exc:
         raise EnvelopeError(f"invalid task: {_describe(exc)}") from exc
     except (ValueError, RecursionError, MemoryError) as exc:
@@ -214,9 +231,9 @@ def decode_task(body: bytes | str) -> Task:
 
 def decode_result(body: bytes | str) -> Result:
     """Parse and validate a result body. Raises only :class:`EnvelopeError` subclasses."""
-    _check_version(body)
+    checked = _check_version(body)
     try:
-        return Result.model_validate_json(body)
+        return Result.model_validate_json(checked)
     except ValidationError as exc:
         raise EnvelopeError(f"invalid result: {_describe(exc)}") from exc
     except (ValueError, RecursionError, MemoryError) as exc:

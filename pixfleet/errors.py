@@ -77,6 +77,14 @@ class BrokerAuthFailed(BrokerError):
     code = "broker.auth_failed"
 
 
+class BrokerFull(BrokerError):
+    """A bounded queue is full and refuses the publish (``max_length`` with
+    ``overflow=reject-publish``); retry once its workers caught up."""
+
+    code = "broker.full"
+    retryable = True
+
+
 class Unroutable(BrokerError):
     """A message would reach no queue / group: it is refused rather than silently dropped."""
 
@@ -100,6 +108,18 @@ class EnvelopeVersionError(EnvelopeError):
     """A message body declares a schema version this code does not understand."""
 
     code = "envelope.version"
+
+
+class EnvelopeUnsigned(EnvelopeError):
+    """A signing key is set and the message carries no signature (:mod:`pixfleet.signing`)."""
+
+    code = "envelope.unsigned"
+
+
+class EnvelopeBadSignature(EnvelopeError):
+    """The message's signature matches none of the configured keys."""
+
+    code = "envelope.bad_signature"
 
 
 # -- blob store ------------------------------------------------------------------------------

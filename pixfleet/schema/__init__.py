@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pixfleet import signing
 from pixfleet.envelope import SCHEMA_VERSION, Result, Task
 
 SCHEMA_DIR = Path(__file__).parent
@@ -24,6 +25,13 @@ def schema_files() -> dict[str, dict[str, Any]]:
             "$schema": "https://json-schema.org/draft/2020-12/schema",
             "$id": f"https://pixfleet.dev/schema/{name}",
             **model.model_json_schema(mode="validation"),
+        }
+        doc["properties"][signing.SIG_FIELD] = {
+            "description": "Optional HMAC-SHA256 (hex) of the canonical JSON of the message "
+            "without sig; required by receivers that have a signing key (docs/security.md)",
+            "pattern": signing.SIG_PATTERN,
+            "title": "Sig",
+            "type": "string",
         }
         out[name] = doc
     return out
