@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from pathlib import Path
 
 ENV_HOME = "PIXFLEET_HOME"
@@ -47,15 +49,43 @@ def redact(url: str) -> str:
 
 
 def _userinfo_end(rest: str) -> int:
-    """Index of the ``@`` that ends the userinfo of ``rest`` (after ``scheme://``), or -1."""
-    authority_end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
-    at = rest.rfind("@", 0, authority_end)
-    if at >= 0:
-        return at
+    """Index of the ``@`` that ends the userinfo of ``rest`` (after ``scheme://``), or -1.
+
+    A password may hold unencoded ``@``, ``:``, ``/`` or ``?``: the userinfo ends at the last
+    ``@`` before the query, so ``u:p@ss/w:rd@host`` hides all of ``p@ss/w:rd``. Redacting too
+    much is safe; too little is not."""
     first_at = rest.find("@")
-    # A password with an unencoded '/' (or '?', '#'): "user:pa/ss@host/..." - unlike a port,
-    # what follows the ':' is not all digits. Redacting too much is safe; too little is not.
-    after_colon = rest[:authority_end].partition(":")[2]
-    if first_at > 0 and after_colon and not after_colon.isdigit():
-        return rest.rfind("@", 0, rest.find("/", first_at) if "/" in rest[first_at:] else None)
-    return -1
+    if first_at < 0:
+        return -1
+    authority_end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    if first_at > authority_end:
+        # An '@' only after the authority: credentials only if what follows the ':' is not a
+        # port ("host:5672/vhost?x=a@b" has none; "user:pa/ss@host" has one).
+        after_colon = rest[:authority_end].partition(":")[2]
+        if not after_colon or after_colon.isdigit():
+            return -1
+    query = min((i for i in (rest.find(c, first_at) for c in "?#") if i >= 0), default=len(rest))
+    at = rest.rfind("@", 0, query)
+    # "u:p@ss:w/rd?x@host": what follows that '@' is no host[:port], so the password goes on.
+    while not _HOSTS.fullmatch(re.split(r"[/?#]", rest[at + 1 :], maxsplit=1)[0]):
+        later = rest.find("@", at + 1)
+        if later < 0:
+            break
+        at = later
+    return at
+
+
+#: An authority after the userinfo: ``host[:port]``, comma-separated (Kafka), or nothing.
+_HOSTS = re.compile(r"(?:(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::\d{1,5})?,?)*")
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether ``host`` names this machine (``localhost``, ``127.0.0.0/8``, ``::1``)."""
+    if not host:
+        return False
+    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

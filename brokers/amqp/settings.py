@@ -15,19 +15,24 @@ pixfleet's own options (removed before the URL reaches aio-pika):
 Options aiormq understands are passed through: ``heartbeat`` (default 30), ``name``,
 ``cafile``, ``capath``, ``cadata``, ``keyfile``, ``certfile``, ``no_verify_ssl``,
 ``frame_max``, ``channel_max``. Without credentials in the URL, ``$PIXFLEET_AMQP_USER`` and
-``$PIXFLEET_AMQP_PASSWORD`` are used. Credentials never appear in logs or errors
-(:attr:`AmqpSettings.safe_url`).
+``$PIXFLEET_AMQP_PASSWORD`` are used (prefer them: a URL on the command line shows in ``ps``).
+Credentials never appear in logs or errors (:attr:`AmqpSettings.safe_url`). One warning line is
+logged when ``no_verify_ssl`` disables TLS verification, or when a password would travel in
+cleartext (``amqp://`` to a host other than loopback).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from urllib.parse import SplitResult, quote, urlencode, urlsplit, urlunsplit
 
 from brokers.urls import UrlOptions
 from pixfleet.errors import InvalidURL
-from pixfleet.settings import redact
+from pixfleet.settings import is_loopback, redact
+
+log = logging.getLogger(__name__)
 
 ENV_USER = "PIXFLEET_AMQP_USER"
 ENV_PASSWORD = "PIXFLEET_AMQP_PASSWORD"  # noqa: S105 - the name of a variable, not a secret
@@ -71,6 +76,7 @@ class AmqpSettings:
         passed = {k: v for k, v in opts.values.items() if k in _AIORMQ}
         passed.setdefault("heartbeat", "30")
         netloc = _netloc_with_credentials(parts)
+        _warn_if_insecure(parts, netloc, opts)
         return cls(
             url=urlunsplit((parts.scheme, netloc, parts.path, urlencode(passed), "")),
             delivery_limit=opts.integer("delivery_limit", cls.delivery_limit, minimum=1),
@@ -78,6 +84,23 @@ class AmqpSettings:
             reconnect_timeout=opts.number("reconnect_timeout", cls.reconnect_timeout),
             op_timeout=opts.number("op_timeout", cls.op_timeout, minimum=0.0),
             reply_ttl=opts.number("reply_ttl", cls.reply_ttl, minimum=0.0),
+        )
+
+
+def _warn_if_insecure(parts: SplitResult, netloc: str, opts: UrlOptions) -> None:
+    """One warning line for a configuration that exposes the connection (never the secret)."""
+    if opts.flag("no_verify_ssl", default=False):
+        log.warning(
+            "TLS certificate verification is disabled (no_verify_ssl) for %s: anyone on the "
+            "network path can pose as the broker and read the credentials",
+            opts.safe_url,
+        )
+    has_password = ":" in netloc.rpartition("@")[0]
+    if parts.scheme == "amqp" and has_password and not is_loopback(parts.hostname):
+        log.warning(
+            "the password for %s is sent in cleartext (amqp:// to a non-loopback host); "
+            "use amqps://",
+            opts.safe_url,
         )
 
 

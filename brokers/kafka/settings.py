@@ -18,11 +18,12 @@ Options (all optional; unknown ones are refused):
     cafile=                CA bundle for SSL
 
 SASL credentials come from ``$PIXFLEET_KAFKA_USER`` / ``$PIXFLEET_KAFKA_PASSWORD`` (never from the
-URL, never logged).
+URL, never logged). SASL PLAIN without TLS logs one warning line (the password travels in clear).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ from urllib.parse import urlsplit
 from brokers.urls import UrlOptions
 from pixfleet.errors import InvalidURL
 from pixfleet.settings import redact
+
+log = logging.getLogger(__name__)
 
 ENV_USER = "PIXFLEET_KAFKA_USER"
 ENV_PASSWORD = "PIXFLEET_KAFKA_PASSWORD"  # noqa: S105 - the name of a variable, not a secret
@@ -125,7 +128,7 @@ class KafkaSettings:
         namespace = opts.text("namespace")
         if not _NAMESPACE.fullmatch(namespace):
             raise InvalidURL("kafka namespace may use letters, digits, '.', '_' and '-'")
-        return cls(
+        settings = cls(
             bootstrap=parts.netloc,
             partitions=opts.integer("partitions", cls.partitions, minimum=1),
             replication=opts.integer("replication", cls.replication, minimum=1),
@@ -139,3 +142,15 @@ class KafkaSettings:
             sasl_mechanism=opts.text("sasl_mechanism").upper(),
             cafile=opts.text("cafile"),
         )
+        settings.warn_if_insecure()
+        return settings
+
+    def warn_if_insecure(self) -> None:
+        """One warning line when SASL PLAIN sends the password in cleartext (no TLS)."""
+        if self.sasl_mechanism == "PLAIN" and self.security_protocol != "SASL_SSL":
+            log.warning(
+                "SASL PLAIN without TLS (security_protocol=%s) sends the password for %s in "
+                "cleartext; use security_protocol=SASL_SSL",
+                self.security_protocol,
+                self.safe_url,
+            )

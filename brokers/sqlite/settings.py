@@ -18,6 +18,7 @@ from urllib.parse import unquote, urlsplit
 
 from brokers.urls import UrlOptions
 from pixfleet.errors import InvalidURL
+from pixfleet.settings import redact
 
 _OPTIONS = ("lease", "delivery_limit", "synchronous", "poll", "busy_timeout")
 _SYNCHRONOUS = ("FULL", "NORMAL")
@@ -37,10 +38,10 @@ class SqliteSettings:
         """Settings of ``url``; raises :class:`InvalidURL` for a bad path or option."""
         parts = urlsplit(url)
         if parts.scheme != "sqlite" or parts.netloc or not parts.path.startswith("/"):
-            raise InvalidURL(f"expected sqlite:///path, got {url!r}")
+            raise InvalidURL(f"expected sqlite:///path, got {redact(url)!r}")
         raw_path = unquote(parts.path[1:])
         if not raw_path:
-            raise InvalidURL(f"sqlite URL has no file path: {url!r}")
+            raise InvalidURL(f"sqlite URL has no file path: {redact(url)!r}")
         opts = UrlOptions.parse(url, known=_OPTIONS, scheme="sqlite")
         synchronous = opts.text("synchronous", cls.synchronous).upper()
         if synchronous not in _SYNCHRONOUS:

@@ -17,6 +17,7 @@ from pixfleet.blobs.keys import check_key, output_key, upload_key
 from pixfleet.blobs.protocol import BlobStore, StoredBlob
 from pixfleet.envelope import BlobRef
 from pixfleet.errors import InvalidURL
+from pixfleet.settings import redact
 
 __all__ = [
     "STORES",
@@ -49,7 +50,9 @@ def open_blobstore(url: str) -> BlobStore:
     target = STORES.get(scheme)
     if target is None:
         known = ", ".join(f"{s}://" for s in STORES if s)
-        raise InvalidURL(f"unsupported blob store URL {url!r} (known: {known} or a directory)")
+        raise InvalidURL(
+            f"unsupported blob store URL {redact(url)!r} (known: {known} or a directory)"
+        )
     module_name, _, class_name = target.partition(":")
     cls = cast(_FromUrl, getattr(importlib.import_module(module_name), class_name))
     return cls.from_url(url)

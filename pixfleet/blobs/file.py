@@ -32,6 +32,7 @@ from pixfleet.errors import (
     InvalidURL,
 )
 from pixfleet.images import MAX_BYTES
+from pixfleet.settings import redact
 
 T = TypeVar("T")
 _STAGING = ".staging"
@@ -55,7 +56,7 @@ class FileBlobStore:
             return cls(Path(unquote(parts.path)))
         if parts.scheme == "" and url:
             return cls(Path(url))
-        raise InvalidURL(f"not a file:// blob store URL: {url!r}")
+        raise InvalidURL(f"not a file:// blob store URL: {redact(url)!r}")
 
     @property
     def url(self) -> str:

@@ -13,6 +13,7 @@ from pixfleet.blobs.keys import check_key, upload_key, verify
 from pixfleet.blobs.protocol import StoredBlob
 from pixfleet.envelope import BlobRef
 from pixfleet.errors import BlobNotFound, InvalidURL
+from pixfleet.settings import redact
 
 
 class MemoryBlobStore:
@@ -24,7 +25,7 @@ class MemoryBlobStore:
     @classmethod
     def from_url(cls, url: str) -> MemoryBlobStore:
         if url.rstrip("/") != "memory:":
-            raise InvalidURL(f"a memory blob store takes no path or options: {url!r}")
+            raise InvalidURL(f"a memory blob store takes no path or options: {redact(url)!r}")
         return cls()
 
     @property
