@@ -1,13 +1,29 @@
 """Prometheus metrics of one ingress instance (``GET /metrics``), names prefixed ``pixfleet_``.
 
 Each app owns its registry (no process-global state), so tests and several apps in one process
-never share counters.
+never share counters. Besides its own counters an instance shows every group's backlog as the
+broker reports it (``pixfleet_group_*``, the names a worker uses too), read at a scrape at most
+every :data:`BACKLOG_EVERY` seconds and within :data:`BACKLOG_TIMEOUT` (a broker that does not
+answer leaves the last values; the scrape still answers).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from brokers.contract import Inspector
+from pixfleet.errors import PixfleetError
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two looks at the broker's backlog, and the longest look a scrape waits for.
+BACKLOG_EVERY = 5.0
+BACKLOG_TIMEOUT = 2.0
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
@@ -48,6 +64,35 @@ class Metrics:
         self.streams = Gauge(
             "pixfleet_event_streams", "Open server-sent event streams.", registry=r
         )
+
+        self.backlog = {
+            name: Gauge(f"pixfleet_group_{name}", doc, ["group"], registry=r)
+            for name, doc in (
+                ("ready", "Tasks waiting for a worker of the group (Kafka: its lag)."),
+                ("in_flight", "Tasks delivered to the group and not settled (-1: unknown)."),
+                ("dead", "Dead-lettered tasks of the group."),
+                ("consumers", "Live consumers of the group."),
+            )
+        }
+        self._backlog_at = -BACKLOG_EVERY
+
+    async def refresh_backlog(self, inspector: Inspector) -> None:
+        """Read every group's backlog if the last look is older than :data:`BACKLOG_EVERY`."""
+        now = time.monotonic()
+        if now - self._backlog_at < BACKLOG_EVERY:
+            return
+        self._backlog_at = now
+        try:
+            async with asyncio.timeout(BACKLOG_TIMEOUT):
+                stats = [await inspector.stats(g) for g in await inspector.groups()]
+        except (PixfleetError, TimeoutError) as exc:
+            log.warning("backlog not read for /metrics: %s", exc or "timed out")
+            return
+        for s in stats:
+            values = {"ready": s.ready, "dead": s.dead, "consumers": s.consumers}
+            values["in_flight"] = -1 if s.in_flight is None else s.in_flight
+            for name, value in values.items():
+                self.backlog[name].labels(s.group).set(value)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

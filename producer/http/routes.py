@@ -155,7 +155,8 @@ async def readyz(svc: Svc) -> Health:
 
 @plain.get("/metrics", response_class=Response)
 async def metrics(svc: Svc) -> Response:
-    """Prometheus exposition of this instance's counters."""
+    """Prometheus exposition of this instance's counters and the groups' backlog."""
+    await svc.metrics.refresh_backlog(svc.inspector)
     return Response(svc.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -135,6 +135,7 @@ async def test_metrics_count_uploads_and_errors(api: Api) -> None:
     assert f"pixfleet_upload_bytes_total {float(len(JPEG))}" in text
     assert 'pixfleet_http_errors_total{code="input.not_image",status="415"} 1.0' in text
     assert "pixfleet_publish_seconds_count 1.0" in text
+    assert 'pixfleet_group_ready{group="thumbs"} 1.0' in text  # no worker: the task waits
 
 
 async def test_too_many_uploads_in_flight_is_429(api: Api) -> None:
