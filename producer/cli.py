@@ -21,7 +21,6 @@ import typer
 from pydantic import JsonValue, TypeAdapter, ValidationError
 
 from brokers import open_transport
-from brokers.contract import GroupStats, Inspector
 from brokers.names import DEFAULT_GROUP, DEFAULT_RESULTS
 from pixfleet.blobs import open_blobstore
 from pixfleet.envelope import Ident, Task
@@ -32,6 +31,7 @@ from pixfleet.settings import ENV_BLOBS, ENV_BROKER, default_blobs_url, default_
 from producer import inspect, render
 from producer.samples import write_samples
 from producer.serve import serve_cmd
+from producer.status import status_cmd
 from producer.submission import Submission, SubmitOptions
 
 app = typer.Typer(
@@ -66,6 +66,7 @@ def _root(log_format: str = LogFormatOpt) -> None:
 
 
 app.command("serve")(serve_cmd)
+app.command("status")(status_cmd)
 
 
 def _parse_params(pairs: list[str]) -> dict[str, JsonValue]:
@@ -262,28 +263,6 @@ async def _read_results(
                     seen.add((result.task_id, result.group))
                     typer.echo(render.result_text(result, "", locate, as_json))
                 await delivery.ack()
-
-
-@app.command()
-def status(
-    as_json: bool = JsonOpt,
-    broker: str = BrokerOpt,
-    debug: bool = DebugOpt,
-) -> None:
-    """Backlog, in-flight, dead-lettered tasks and live consumers per group."""
-    configure_logging("debug" if debug else "error")
-    run_async(_status(broker or default_broker_url(), as_json), debug=debug)
-
-
-async def _status(url: str, as_json: bool) -> None:
-    async with open_transport(url) as transport:
-        all_stats = await _all_stats(transport)
-    for line in render.stats_table(all_stats, as_json=as_json):
-        typer.echo(line)
-
-
-async def _all_stats(inspector: Inspector) -> list[GroupStats]:
-    return [await inspector.stats(g) for g in await inspector.groups()]
 
 
 @app.command()

@@ -6,11 +6,9 @@ caller passes ``locate`` (``store.url_for``) and rendering never knows which sto
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable, Sequence
 
-from brokers.contract import GroupStats
 from pixfleet.envelope import Result, Task
 from pixfleet.errors import PixfleetError
 
@@ -71,19 +69,3 @@ def partial_json(error: PixfleetError, published: Sequence[Task], missing: list[
             "not_published": missing,
         }
     )
-
-
-def stats_header() -> str:
-    return f"{'group':<20} {'ready':>7} {'in-flight':>9} {'dead':>6} {'consumers':>9}"
-
-
-def stats_line(stats: GroupStats) -> str:
-    in_flight = "?" if stats.in_flight is None else str(stats.in_flight)
-    return f"{stats.group:<20} {stats.ready:>7} {in_flight:>9} {stats.dead:>6} {stats.consumers:>9}"
-
-
-def stats_table(all_stats: Sequence[GroupStats], *, as_json: bool = False) -> list[str]:
-    """A header and one line per group, or one JSON object per group."""
-    if as_json:
-        return [json.dumps(dataclasses.asdict(s)) for s in all_stats]
-    return [stats_header(), *(stats_line(s) for s in all_stats)]
