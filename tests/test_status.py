@@ -5,15 +5,20 @@ where it can tell, else from the workers' heartbeats; Kafka's lag apart from its
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import IO
 
 from brokers import Transport, open_transport
 from brokers.contract import DeadLetter, GroupStats
@@ -53,6 +58,21 @@ class WithRoster:
 
     async def roster(self) -> list[Beat]:
         return self.beats
+
+
+def _read_until(stream: IO[str], done: Callable[[str], bool], timeout: float) -> str:
+    """What ``stream`` printed until ``done`` says enough (TimeoutError after ``timeout``)."""
+    text = ""
+    deadline = time.monotonic() + timeout
+    while not done(text):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([stream], [], [], left)[0]:
+            raise TimeoutError(text)
+        chunk = os.read(stream.fileno(), 65536).decode(errors="replace")
+        if not chunk:
+            raise TimeoutError(text)
+        text += chunk
+    return text
 
 
 def _row(rows: list[GroupRow], group: str) -> GroupRow:
@@ -99,20 +119,22 @@ def test_watch_redraws_until_interrupted(tmp_path: Path) -> None:
 
     asyncio.run(publish())
     env = {**os.environ, "PYTHONPATH": str(REPO), "PIXFLEET_HOME": str(tmp_path)}
+    # A terminal as far as rich is concerned, so each redraw is written as it happens.
+    tty = {"TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1", "COLUMNS": "120"}
     watching = subprocess.Popen(
         [sys.executable, "-m", "producer", "status", "--watch", "--interval", "0.2"],
-        env={**env, "PIXFLEET_BROKER": url, "COLUMNS": "120"},
+        env={**env, **tty, "PIXFLEET_BROKER": url},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    try:
-        out, err = watching.communicate(timeout=2)
-    except subprocess.TimeoutExpired:
-        watching.send_signal(signal.SIGINT)
-        out, err = watching.communicate(timeout=10)
-    else:
-        raise AssertionError(f"--watch ended by itself: {out} {err}")
+    assert watching.stdout is not None
+    shown = ""
+    with contextlib.suppress(TimeoutError):
+        shown = _read_until(watching.stdout, lambda text: text.count(group) >= 2, 20)
+    watching.send_signal(signal.SIGINT)  # after two redraws
+    out, err = watching.communicate(timeout=10)
+    out = shown + out
     assert watching.returncode == 0, err
     assert "in-flight" in out and group in out, out
     done = subprocess.run(

@@ -65,15 +65,7 @@ class Metrics:
             "pixfleet_event_streams", "Open server-sent event streams.", registry=r
         )
 
-        self.backlog = {
-            name: Gauge(f"pixfleet_group_{name}", doc, ["group"], registry=r)
-            for name, doc in (
-                ("ready", "Tasks waiting for a worker of the group (Kafka: its lag)."),
-                ("in_flight", "Tasks delivered to the group and not settled (-1: unknown)."),
-                ("dead", "Dead-lettered tasks of the group."),
-                ("consumers", "Live consumers of the group."),
-            )
-        }
+        self.backlog = _backlog_gauges(r)
         self._backlog_at = -BACKLOG_EVERY
 
     async def refresh_backlog(self, inspector: Inspector) -> None:
@@ -96,3 +88,16 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _backlog_gauges(r: CollectorRegistry) -> dict[str, Gauge]:
+    """The ``pixfleet_group_*`` gauges (the names a worker's ``/metrics`` uses too)."""
+    return {
+        name: Gauge(f"pixfleet_group_{name}", doc, ["group"], registry=r)
+        for name, doc in (
+            ("ready", "Tasks waiting for a worker of the group (Kafka: its lag)."),
+            ("in_flight", "Tasks delivered to the group and not settled (-1: unknown)."),
+            ("dead", "Dead-lettered tasks of the group."),
+            ("consumers", "Live consumers of the group."),
+        )
+    }
