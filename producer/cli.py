@@ -28,7 +28,7 @@ from pixfleet.errors import ConfigError, PixfleetError
 from pixfleet.images import MAX_BYTES, MAX_PIXELS, Limits
 from pixfleet.runtime import EXIT_FAILURE, configure_logging, fail, run_async, set_log_format
 from pixfleet.settings import ENV_BLOBS, ENV_BROKER, default_blobs_url, default_broker_url
-from producer import inspect, render
+from producer import gc, inspect, render
 from producer.samples import write_samples
 from producer.serve import serve_cmd
 from producer.status import status_cmd
@@ -51,7 +51,6 @@ TaskIdOpt = typer.Option(
     "runs it twice nor makes a second result; --wait then answers from the recorded result.",
 )
 
-
 LogFormatOpt = typer.Option(
     None,
     "--log-format",
@@ -67,6 +66,7 @@ def _root(log_format: str = LogFormatOpt) -> None:
 
 app.command("serve")(serve_cmd)
 app.command("status")(status_cmd)
+app.command("gc")(gc.gc_cmd)
 
 
 def _parse_params(pairs: list[str]) -> dict[str, JsonValue]:

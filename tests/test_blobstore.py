@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from pixfleet.blobs.file import FileBlobStore
 from pixfleet.blobs.memory import MemoryBlobStore
 from pixfleet.envelope import BlobRef
 from pixfleet.errors import BlobIntegrityError, BlobKeyError, BlobNotFound, InvalidURL
+from producer import gc
 
 
 @pytest.fixture(params=["file", "memory"])
@@ -58,6 +60,35 @@ async def test_outputs_have_deterministic_keys_and_overwrite(store: BlobStore) -
     key2 = await store_output(store, "task1", "thumbs", "256.jpg", b"two")
     assert key1 == key2 == "outputs/thumbs/ta/task1/256.jpg"
     assert await store.read(key1) == b"two"
+
+
+async def test_scan_lists_keys_sizes_and_ages_under_a_prefix(store: BlobStore) -> None:
+    before = datetime.now(UTC) - timedelta(minutes=1)
+    ref = await store_upload(store, b"image bytes", "image/jpeg")
+    out = await store_output(store, "task1", "thumbs", "a.jpg", b"xy")
+    uploads = {blob.key: blob async for blob in store.scan("uploads")}
+    assert list(uploads) == [ref.uri]
+    assert uploads[ref.uri].size == len(b"image bytes")
+    assert before < uploads[ref.uri].modified < datetime.now(UTC) + timedelta(minutes=1)
+    assert {blob.key async for blob in store.scan("")} == {ref.uri, out}
+    assert [blob async for blob in store.scan("records")] == []
+    await store.delete(out)
+    assert [blob.key async for blob in store.scan("outputs/thumbs")] == []
+
+
+async def test_gc_deletes_only_old_blobs_under_its_prefixes(store: BlobStore) -> None:
+    ref = await store_upload(store, b"original", "image/jpeg")
+    out = await store_output(store, "task1", "thumbs", "a.jpg", b"xy")
+    later = datetime.now(UTC) + timedelta(days=10)  # everything is 10 days old then
+    week = timedelta(days=7)
+    dry = await gc.collect(store, older_than=week, dry_run=True, now=later)
+    assert (dry.deleted, dry.bytes, await store.exists(ref.uri)) == (1, len(b"original"), True)
+    young = await gc.collect(store, older_than=timedelta(days=11), now=later)
+    assert (young.deleted, young.kept, await store.exists(ref.uri)) == (0, 1, True)
+    done = await gc.collect(store, older_than=week, now=later)
+    assert (done.deleted, await store.exists(ref.uri), await store.exists(out)) == (1, False, True)
+    every = await gc.collect(store, older_than=week, prefixes=gc.EVERYTHING, now=later)
+    assert (every.deleted, await store.exists(out)) == (1, False)
 
 
 async def test_create_if_absent_has_exactly_one_winner(store: BlobStore) -> None:

@@ -46,6 +46,12 @@ test_outputs_have_deterministic_keys_and_overwrite = (
     suite.test_outputs_have_deterministic_keys_and_overwrite
 )
 test_create_if_absent_has_exactly_one_winner = suite.test_create_if_absent_has_exactly_one_winner
+test_gc_deletes_only_old_blobs_under_its_prefixes = (
+    suite.test_gc_deletes_only_old_blobs_under_its_prefixes
+)
+test_scan_lists_keys_sizes_and_ages_under_a_prefix = (
+    suite.test_scan_lists_keys_sizes_and_ages_under_a_prefix
+)
 test_integrity_is_checked_on_get = suite.test_integrity_is_checked_on_get
 test_missing_blob_is_not_found = suite.test_missing_blob_is_not_found
 test_keys_cannot_leave_the_store = suite.test_keys_cannot_leave_the_store

@@ -14,13 +14,14 @@ from typing import Protocol, cast
 from urllib.parse import urlsplit
 
 from pixfleet.blobs.keys import check_key, output_key, upload_key
-from pixfleet.blobs.protocol import BlobStore, StoredBlob
+from pixfleet.blobs.protocol import BlobInfo, BlobStore, StoredBlob
 from pixfleet.envelope import BlobRef
 from pixfleet.errors import InvalidURL
 from pixfleet.settings import redact
 
 __all__ = [
     "STORES",
+    "BlobInfo",
     "BlobStore",
     "StoredBlob",
     "check_key",

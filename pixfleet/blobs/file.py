@@ -16,13 +16,14 @@ import hashlib
 import os
 import stat
 import uuid
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from pixfleet.blobs.keys import check_key, upload_key, verify
-from pixfleet.blobs.protocol import StoredBlob
+from pixfleet.blobs.protocol import BlobInfo, StoredBlob
 from pixfleet.envelope import BlobRef
 from pixfleet.errors import (
     BlobIntegrityError,
@@ -122,6 +123,18 @@ class FileBlobStore:
     async def delete(self, key: str) -> None:
         await _io(self.path_for_key(key).unlink, True)
 
+    async def scan(self, prefix: str) -> AsyncIterator[BlobInfo]:
+        """Regular files under ``prefix``, one directory read at a time; symlinks and hidden
+        entries (``.staging``) are skipped, never followed."""
+        pending = [self.path_for_key(prefix) if prefix else self.root]
+        while pending:
+            directory = pending.pop()
+            for path, entry in await _io(_entries, directory):
+                if entry is None:
+                    pending.append(path)
+                else:
+                    yield BlobInfo(path.relative_to(self.root).as_posix(), *entry)
+
     # -- file primitives (run in a thread) --------------------------------------------------
 
     def _staging_path(self) -> Path:
@@ -159,6 +172,24 @@ def _make_private_dirs(directory: Path) -> None:
         except FileExistsError:
             continue
         os.chmod(new, 0o700)
+
+
+def _entries(directory: Path) -> list[tuple[Path, tuple[int, datetime] | None]]:
+    """The visible regular files (with size and mtime) and subdirectories (None) of
+    ``directory``; nothing if it does not exist."""
+    try:
+        with os.scandir(directory) as it:
+            found = [e for e in it if not e.name.startswith(".")]
+    except FileNotFoundError:
+        return []
+    out: list[tuple[Path, tuple[int, datetime] | None]] = []
+    for e in found:
+        if e.is_dir(follow_symlinks=False):
+            out.append((Path(e.path), None))
+        elif e.is_file(follow_symlinks=False):
+            st = e.stat(follow_symlinks=False)
+            out.append((Path(e.path), (st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))))
+    return out
 
 
 def _fsync_file(fh: BinaryIO) -> None:

@@ -7,10 +7,11 @@ it is no substitute for ``file://`` or ``s3://`` anywhere a second process must 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, AsyncIterator
+from datetime import UTC, datetime
 
 from pixfleet.blobs.keys import check_key, upload_key, verify
-from pixfleet.blobs.protocol import StoredBlob
+from pixfleet.blobs.protocol import BlobInfo, StoredBlob
 from pixfleet.envelope import BlobRef
 from pixfleet.errors import BlobNotFound, InvalidURL
 from pixfleet.settings import redact
@@ -21,6 +22,7 @@ class MemoryBlobStore:
 
     def __init__(self) -> None:
         self.blobs: dict[str, bytes] = {}
+        self.modified: dict[str, datetime] = {}  # tests may age a blob by setting its time
 
     @classmethod
     def from_url(cls, url: str) -> MemoryBlobStore:
@@ -37,6 +39,7 @@ class MemoryBlobStore:
 
     async def put(self, key: str, data: bytes) -> StoredBlob:
         self.blobs[check_key(key)] = bytes(data)
+        self.modified[key] = datetime.now(UTC)
         return StoredBlob(key, hashlib.sha256(data).hexdigest(), len(data))
 
     async def put_stream(self, chunks: AsyncIterable[bytes]) -> StoredBlob:
@@ -59,7 +62,15 @@ class MemoryBlobStore:
         if check_key(key) in self.blobs:
             return False
         self.blobs[key] = bytes(data)
+        self.modified[key] = datetime.now(UTC)
         return True
 
     async def delete(self, key: str) -> None:
         self.blobs.pop(check_key(key), None)
+        self.modified.pop(key, None)
+
+    async def scan(self, prefix: str) -> AsyncIterator[BlobInfo]:
+        start = f"{check_key(prefix)}/" if prefix else ""
+        for key in [k for k in self.blobs if k.startswith(start)]:
+            if key in self.blobs:  # not deleted while the caller handled an earlier one
+                yield BlobInfo(key, len(self.blobs[key]), self.modified[key])

@@ -12,8 +12,9 @@ read that does not match), :class:`~pixfleet.errors.BlobUnavailable` (I/O; retry
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 from pixfleet.envelope import BlobRef
@@ -26,6 +27,15 @@ class StoredBlob:
     key: str
     sha256: str
     size: int
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    """One stored blob as a listing shows it: key, size and last modification (aware, UTC)."""
+
+    key: str
+    size: int
+    modified: datetime
 
 
 class BlobStore(Protocol):
@@ -64,6 +74,12 @@ class BlobStore(Protocol):
 
     async def delete(self, key: str) -> None:
         """Remove ``key``; a key that is not there is not an error."""
+        ...
+
+    def scan(self, prefix: str) -> AsyncIterator[BlobInfo]:
+        """Every blob under the key prefix ``prefix`` (whole segments: ``"uploads"`` lists
+        ``uploads/...``; ``""`` lists everything), in no particular order, streamed (memory
+        stays O(one page)). Staging files of unfinished writes are never listed."""
         ...
 
     def url_for(self, key: str) -> str:

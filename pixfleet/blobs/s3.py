@@ -9,8 +9,9 @@ URL, options and credentials: :mod:`pixfleet.blobs.s3_settings`. obstore (the Ru
 * ``put_stream``: the sha256, hence the key, is known only at the end. A stream that ends within
   one part (:data:`PART_SIZE`) is hashed in memory and PUT straight to its content key; a longer
   one goes as a multipart upload (memory: a few parts) to ``<prefix>/.staging/<uuid>``, is copied
-  server-side to its content key (skipped if that already holds as many bytes) and the staging
-  object is deleted. ``.staging`` can never be a key (keys have no hidden segments).
+  server-side to its content key (even when it exists: the copy refreshes the age that ``uploader
+  gc`` and lifecycle rules go by) and the staging object is deleted. ``.staging`` can never be a
+  key (keys have no hidden segments).
 * ``create``: a conditional PUT (``If-None-Match: *``); HTTP 412 means another writer won.
 * ``url_for``: a presigned GET URL, valid ``url_expiry`` seconds (default one hour).
 * Errors: 404 -> :class:`BlobNotFound`; a missing bucket or refused credentials ->
@@ -41,7 +42,7 @@ from obstore.exceptions import (
 from obstore.store import S3Store
 
 from pixfleet.blobs.keys import check_key, upload_key, verify
-from pixfleet.blobs.protocol import StoredBlob
+from pixfleet.blobs.protocol import BlobInfo, StoredBlob
 from pixfleet.blobs.s3_settings import S3Settings
 from pixfleet.envelope import BlobRef
 from pixfleet.errors import (
@@ -117,9 +118,8 @@ class S3BlobStore:
                     max_concurrency=PART_CONCURRENCY,
                 )
             stored = StoredBlob(upload_key(source.sha256()), source.sha256(), source.size)
-            if await self._size(stored.key) != stored.size:
-                with self._translated("copy to", stored.key):
-                    await obstore.copy_async(self._client, staging, stored.key)
+            with self._translated("copy to", stored.key):  # always: it refreshes the age gc uses
+                await obstore.copy_async(self._client, staging, stored.key)
         finally:
             await self._discard(staging)
         return stored
@@ -150,6 +150,14 @@ class S3BlobStore:
             except (NotFoundError, FileNotFoundError) as exc:
                 if _no_bucket(exc):
                     raise
+
+    async def scan(self, prefix: str) -> AsyncIterator[BlobInfo]:
+        """A paged LIST (1000 keys a request) under ``prefix``; ``.staging`` is left out."""
+        with self._translated("list", check_key(prefix) if prefix else "everything"):
+            async for page in obstore.list(self._client, prefix=prefix or None, chunk_size=1000):
+                for meta in page:
+                    if not meta["path"].startswith(f"{STAGING}/"):
+                        yield BlobInfo(meta["path"], meta["size"], meta["last_modified"])
 
     # -- helpers ----------------------------------------------------------------------------
 
