@@ -64,6 +64,14 @@ class PublishFailed(BrokerError):
     retryable = True
 
 
+class BrokerFull(PublishFailed):
+    """A bounded group queue is full and refused the publish (URL option ``max_length``);
+    retry once its workers caught up."""
+
+    code = "broker.full"
+    retryable = True
+
+
 class BrokerBlocked(BrokerError):
     """The broker refuses publishes for now (a memory or disk alarm); try again later."""
 
@@ -75,14 +83,6 @@ class BrokerAuthFailed(BrokerError):
     """The broker refused the credentials (or the TLS handshake)."""
 
     code = "broker.auth_failed"
-
-
-class BrokerFull(BrokerError):
-    """A bounded queue is full and refuses the publish (``max_length`` with
-    ``overflow=reject-publish``); retry once its workers caught up."""
-
-    code = "broker.full"
-    retryable = True
 
 
 class Unroutable(BrokerError):

@@ -11,6 +11,16 @@ pixfleet's own options (removed before the URL reaches aio-pika):
                            (a subscription keeps retrying for as long as it takes)
     op_timeout=15          seconds for one broker round trip (declare, publish confirm, ...)
     reply_ttl=900          seconds an unused private reply queue lives (x-expires)
+    max_length=0           ready tasks a group queue may hold (x-max-length); a publish to a
+                           full queue is refused with ``broker.full``. 0: unbounded
+    overflow=reject-publish  what a full queue does: only ``reject-publish`` (dropping the
+                           oldest task would lose it silently)
+    message_ttl=0          seconds a task may wait in its group queue (x-message-ttl); an
+                           expired task is dead-lettered (reason ``expired``). 0: forever
+
+``max_length`` and ``message_ttl`` are queue arguments, fixed when a group queue is first
+declared: every process must pass the same values (or RabbitMQ refuses the declaration), and
+an existing queue keeps its own (use a RabbitMQ policy to change them; docs/rabbitmq.md).
 
 Options aiormq understands are passed through: ``heartbeat`` (default 30), ``name``,
 ``cafile``, ``capath``, ``cadata``, ``keyfile``, ``certfile``, ``no_verify_ssl``,
@@ -37,7 +47,16 @@ log = logging.getLogger(__name__)
 ENV_USER = "PIXFLEET_AMQP_USER"
 ENV_PASSWORD = "PIXFLEET_AMQP_PASSWORD"  # noqa: S105 - the name of a variable, not a secret
 
-_OURS = {"delivery_limit", "connect_timeout", "reconnect_timeout", "op_timeout", "reply_ttl"}
+_OURS = {
+    "delivery_limit",
+    "connect_timeout",
+    "reconnect_timeout",
+    "op_timeout",
+    "reply_ttl",
+    "max_length",
+    "overflow",
+    "message_ttl",
+}
 _AIORMQ = {
     "heartbeat",
     "name",
@@ -60,6 +79,8 @@ class AmqpSettings:
     reconnect_timeout: float = 60.0
     op_timeout: float = 15.0
     reply_ttl: float = 900.0
+    max_length: int = 0  # ready tasks per group queue; 0: unbounded
+    message_ttl: float = 0.0  # seconds a task may wait; 0: forever
 
     @property
     def safe_url(self) -> str:
@@ -84,7 +105,22 @@ class AmqpSettings:
             reconnect_timeout=opts.number("reconnect_timeout", cls.reconnect_timeout),
             op_timeout=opts.number("op_timeout", cls.op_timeout, minimum=0.0),
             reply_ttl=opts.number("reply_ttl", cls.reply_ttl, minimum=0.0),
+            max_length=opts.integer("max_length", cls.max_length, minimum=0),
+            message_ttl=_message_ttl(opts),
         )
+
+
+def _message_ttl(opts: UrlOptions) -> float:
+    """``message_ttl`` (seconds, 0 for none), after checking ``overflow``."""
+    if opts.text("overflow", "reject-publish") != "reject-publish":
+        raise InvalidURL(
+            "amqp option overflow supports only reject-publish (drop-head would lose tasks "
+            "silently; quorum queues dead-letter at-least-once only with reject-publish)"
+        )
+    ttl = opts.number("message_ttl", 0.0)
+    if ttl < 0:
+        raise InvalidURL(f"amqp option message_ttl must be >= 0, got {ttl:g}")
+    return ttl
 
 
 def _warn_if_insecure(parts: SplitResult, netloc: str, opts: UrlOptions) -> None:

@@ -4,7 +4,8 @@
   group, or ``pixfleet-all: 1`` when untargeted; each group queue is bound with ``x-match: any``
   on its own header and the ``all`` header, so one publish reaches every target.
 * ``pixfleet.group.<g>`` - durable quorum queue with ``x-delivery-limit`` and at-least-once
-  dead-lettering to ``pixfleet.dead`` (routing key ``<g>``) -> ``pixfleet.dead.<g>``.
+  dead-lettering to ``pixfleet.dead`` (routing key ``<g>``) -> ``pixfleet.dead.<g>``; opt-in
+  ``x-max-length`` (with ``x-overflow: reject-publish``) and ``x-message-ttl``.
 * ``pixfleet.retry.<g>.<n>s`` - delayed retries, one quorum queue per delay in
   :data:`brokers.names.AMQP_RETRY_DELAYS` (declared when first used): a queue-wide TTL of ``n``
   seconds, then dead-lettered (at-least-once) back into the group queue. Every message of one
@@ -116,6 +117,7 @@ class Topology:
                 "x-dead-letter-routing-key": group,
                 "x-dead-letter-strategy": "at-least-once",
                 "x-overflow": "reject-publish",
+                **self._bounds(),
             },
         )
         await queue.bind(
@@ -127,6 +129,16 @@ class Topology:
                 names.AMQP_HEADER_ALL: "1",
             },
         )
+
+    def _bounds(self) -> dict[str, int]:
+        """Opt-in bounds of a group queue: a full queue refuses publishes (they are nacked:
+        ``broker.full``), an expired task is dead-lettered like a poison one."""
+        bounds = {}
+        if self._settings.max_length:
+            bounds["x-max-length"] = self._settings.max_length
+        if self._settings.message_ttl:
+            bounds["x-message-ttl"] = int(self._settings.message_ttl * 1000)
+        return bounds
 
     async def _register(self, channel: AbstractChannel, group: str) -> None:
         if group in await self._registered():

@@ -29,7 +29,7 @@ from brokers.amqp.settings import AmqpSettings
 from brokers.amqp.subscription import AmqpSubscription
 from brokers.contract import DeadLetter, Delivery, GroupStats, Subscription
 from pixfleet.envelope import Result, Task, decode_result, decode_task, encode
-from pixfleet.errors import Unroutable
+from pixfleet.errors import BrokerFull, PublishFailed, Unroutable
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,12 @@ class AmqpTransport:
             exchange = await topology.task_exchange(channel)
             await confirmed(exchange.publish(message, routing_key=""), what=f"task {task.id}")
 
-        await self._channels.with_channel(op)
+        try:
+            await self._channels.with_channel(op)
+        except PublishFailed as exc:  # a nack: with max_length, a full group queue
+            if not self.settings.max_length:
+                raise
+            raise BrokerFull(f"a group queue is full (max_length): {exc.message}") from exc
 
     async def reply(self, reply_to: str, result: Result) -> str:
         message = _result_message(result)

@@ -106,10 +106,13 @@ class SqliteQueue:
     # -- publish ---------------------------------------------------------------------------
 
     def publish(
-        self, topic: str, key: str, body: bytes, groups: tuple[str, ...]
+        self, topic: str, key: str, body: bytes, groups: tuple[str, ...], *, max_length: int = 0
     ) -> tuple[str, ...]:
-        """Store ``body`` once and a delivery for each target (all subscriptions when empty)."""
-        return self.transact(lambda db: tx.publish(db, topic, key, body, groups))
+        """Store ``body`` once and a delivery for each target (all subscriptions when empty);
+        with ``max_length`` refuse (:class:`~pixfleet.errors.BrokerFull`) if a target is full."""
+        return self.transact(
+            lambda db: tx.publish(db, topic, key, body, groups, max_length=max_length)
+        )
 
     def publish_to_channel(self, topic: str, channel: str, fallback: str, body: bytes) -> str:
         """Publish to an existing channel, else to ``fallback``. Returns the channel used."""

@@ -6,6 +6,8 @@
     synchronous=full    or ``normal`` (faster; survives process crashes, not power loss)
     poll=0.25           longest sleep between polls when idle, in seconds
     busy_timeout=10     seconds to wait for the write lock before ``broker.unavailable``
+    max_length=0        ready tasks a group may hold; a publish that would pass it is refused
+                        with ``broker.full`` (nothing stored); 0: unbounded
 
 Unknown options and bad values raise :class:`~pixfleet.errors.InvalidURL`.
 """
@@ -20,7 +22,7 @@ from brokers.urls import UrlOptions
 from pixfleet.errors import InvalidURL
 from pixfleet.settings import redact
 
-_OPTIONS = ("lease", "delivery_limit", "synchronous", "poll", "busy_timeout")
+_OPTIONS = ("lease", "delivery_limit", "synchronous", "poll", "busy_timeout", "max_length")
 _SYNCHRONOUS = ("FULL", "NORMAL")
 
 
@@ -32,6 +34,7 @@ class SqliteSettings:
     synchronous: str = "FULL"  # the PRAGMA value: FULL or NORMAL
     poll: float = 0.25
     busy_timeout: float = 10.0
+    max_length: int = 0  # ready tasks per group; 0: unbounded
 
     @classmethod
     def from_url(cls, url: str) -> SqliteSettings:
@@ -53,4 +56,5 @@ class SqliteSettings:
             synchronous=synchronous,
             poll=opts.number("poll", cls.poll, minimum=0.0),
             busy_timeout=opts.number("busy_timeout", cls.busy_timeout),
+            max_length=opts.integer("max_length", cls.max_length, minimum=0),
         )

@@ -19,7 +19,7 @@ import sqlite3
 from dataclasses import dataclass
 
 from brokers.policy import delivery_limit_reason
-from pixfleet.errors import Unroutable
+from pixfleet.errors import BrokerFull, Unroutable
 
 _REASON_MAX = 2000  # characters of a dead-letter reason that are kept
 
@@ -75,16 +75,33 @@ def drop_subscription(db: sqlite3.Connection, topic: str, name: str) -> None:
 
 
 def publish(
-    db: sqlite3.Connection, topic: str, key: str, body: bytes, groups: tuple[str, ...]
+    db: sqlite3.Connection,
+    topic: str,
+    key: str,
+    body: bytes,
+    groups: tuple[str, ...],
+    *,
+    max_length: int = 0,
 ) -> tuple[str, ...]:
     """Store ``body`` once and a ready delivery for each of ``groups`` (declaring them), or for
     every subscription of ``topic`` when ``groups`` is empty. Returns the groups reached;
-    raises :class:`Unroutable` (storing nothing) if that is none."""
+    raises :class:`Unroutable` (storing nothing) if that is none, and :class:`BrokerFull`
+    (storing nothing) if ``max_length`` is set and a target already holds that many ready."""
     targets = groups or subscriptions(db, topic)
     if not targets:
         raise Unroutable(
             f"no group is subscribed to {topic!r}: name a --group or start a worker first"
         )
+    for target in targets if max_length else ():
+        (ready,) = db.execute(
+            "SELECT count(*) FROM deliveries WHERE topic = ? AND grp = ? AND state = 'ready'",
+            (topic, target),
+        ).fetchone()
+        if ready >= max_length:
+            raise BrokerFull(
+                f"group {target!r} holds {ready} ready tasks (max_length={max_length}); "
+                "nothing was published, try again once its workers caught up"
+            )
     return _store(db, topic, key, body, tuple(targets))
 
 

@@ -123,9 +123,11 @@ class SqliteTransport:
     # -- publish ---------------------------------------------------------------------------
 
     async def publish(self, task: Task) -> None:
-        body = encode(task)
+        body, s = encode(task), self._settings
         routed = await self.call(
-            lambda db: db.publish(names.SQLITE_TASKS, task.id, body, task.groups)
+            lambda db: db.publish(
+                names.SQLITE_TASKS, task.id, body, task.groups, max_length=s.max_length
+            )
         )
         log.debug("published task %s to %s", task.id, ",".join(routed))
 
