@@ -24,32 +24,31 @@ from consumers.pool import PipelinePool
 from consumers.signals import defer_sigterm, received_early
 from consumers.worker import Worker, WorkerSettings
 from pixfleet.blobs import open_blobstore
+from pixfleet.config import LogLevel
 from pixfleet.envelope import is_group_name
 from pixfleet.errors import ConfigError
 from pixfleet.images import Limits
-from pixfleet.runtime import configure_logging, fail, run_async, set_log_format
-from pixfleet.settings import ENV_BLOBS, ENV_BROKER, default_blobs_url, default_broker_url
+from pixfleet.runtime import (
+    LogLevelOpt,
+    checked_urls,
+    configure_logging,
+    effective_level,
+    fail,
+    guarded,
+    root_options,
+    run_async,
+    settings_or_fail,
+)
 
 log = logging.getLogger(__name__)
 
 app = typer.Typer(
-    add_completion=False,
     no_args_is_help=True,
     help="pixfleet worker: join a consumer group and process its tasks.",
 )
 
 
-LogFormatOpt = typer.Option(
-    None,
-    "--log-format",
-    help="Log lines as text or json (one object per line); env PIXFLEET_LOG_FORMAT.",
-)
-
-
-@app.callback()
-def _root(log_format: str = LogFormatOpt) -> None:
-    """pixfleet worker."""
-    set_log_format(log_format)
+app.callback()(root_options)
 
 
 DrainTimeoutOpt = typer.Option(
@@ -84,8 +83,8 @@ def run_cmd(
     ),
     prefetch: int = typer.Option(0, min=0, help="Unacked tasks to hold (0: = concurrency)."),
     burst: bool = typer.Option(False, "--burst", help="Exit once the group's backlog is empty."),
-    broker: str = typer.Option(None, envvar=ENV_BROKER, help="Broker URL."),
-    blobs: str = typer.Option(None, envvar=ENV_BLOBS, help="Blob store URL."),
+    broker: str = typer.Option(None, help="Broker URL (default: $PIXFLEET_BROKER, config)."),
+    blobs: str = typer.Option(None, help="Blob store URL (default: $PIXFLEET_BLOBS, config)."),
     pipeline: str = typer.Option(None, help="Built-in name or package.module:function."),
     timeout: float = typer.Option(60.0, min=0.1, help="Seconds of pipeline time per task."),
     max_pixels: int = typer.Option(Limits.max_pixels, min=1, help="Largest source image."),
@@ -95,12 +94,13 @@ def run_cmd(
     drain_timeout: float = DrainTimeoutOpt,
     metrics_port: int = MetricsPortOpt,
     unhealthy_after: float = UnhealthyAfterOpt,
-    log_level: str = typer.Option("info", help="debug, info, warning, error."),
+    log_level: LogLevel | None = LogLevelOpt,
     debug: bool = typer.Option(False, "--debug", help="Print tracebacks."),
 ) -> None:
     """Serve GROUP until SIGTERM/SIGINT (which drain in-flight tasks) or, with --burst, until
     its backlog is empty."""
-    configure_logging("debug" if debug else log_level)
+    config = settings_or_fail(broker=broker, blobs=blobs, log_level=log_level)
+    configure_logging("debug" if debug else effective_level(log_level, config.log_level, "info"))
     if not is_group_name(group):
         fail(ConfigError(f"invalid group name {group!r} (use a-z, 0-9, _ and -)").one_line())
     settings = WorkerSettings(
@@ -109,7 +109,7 @@ def run_cmd(
         delivery_limit=delivery_limit, retry_backoff=retry_backoff,
         drain_timeout=drain_timeout, burst=burst,
     )  # fmt: skip
-    urls = (broker or default_broker_url(), blobs or default_blobs_url())
+    urls = checked_urls(config)
     health = _Health(metrics_port, unhealthy_after)
     stats = run_async(_serve(settings, *urls, pipeline, health=health), debug=debug)
     counts = (stats.ok, stats.failed, stats.retried, stats.duplicates)
@@ -218,4 +218,4 @@ def _install_signal_handlers(worker: Worker) -> None:
 
 def main() -> None:
     defer_sigterm()
-    app()
+    guarded(app)

@@ -41,6 +41,29 @@ class InvalidURL(ConfigError):
     code = "config.invalid_url"
 
 
+# -- local storage (the data dir) -------------------------------------------------------------
+
+
+class StorageError(PixfleetError):
+    """A local directory pixfleet writes to (the data dir, a sqlite broker's or a file store's
+    directory) cannot be used."""
+
+    code = "storage.error"
+
+
+class StorageReadOnly(StorageError):
+    """The directory (or its file system) refuses writes."""
+
+    code = "storage.read_only"
+
+
+class StorageFull(StorageError):
+    """The file system holding the directory has no space left."""
+
+    code = "storage.full"
+    retryable = True
+
+
 # -- transports ------------------------------------------------------------------------------
 
 

@@ -1,35 +1,38 @@
-"""Where things live by default: data dir, broker URL, blob store URL."""
+"""Where things live by default: data dir, broker URL, blob store URL; and :func:`redact`.
+
+The values come from :func:`pixfleet.config.load` (flags > ``PIXFLEET_*`` > ``pixfleet.toml``
+> defaults); these helpers answer without flags.
+"""
 
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
-from pathlib import Path
 
-ENV_HOME = "PIXFLEET_HOME"
+from pixfleet.config import ENV_HOME, data_dir, load
+
+__all__ = [
+    "ENV_BLOBS",
+    "ENV_BROKER",
+    "ENV_HOME",
+    "data_dir",
+    "default_blobs_url",
+    "default_broker_url",
+    "redact",
+]
+
 ENV_BROKER = "PIXFLEET_BROKER"
 ENV_BLOBS = "PIXFLEET_BLOBS"
 
 
-def data_dir() -> Path:
-    """Where the embedded broker and the default blob store live, as an absolute path (not
-    created here): ``$PIXFLEET_HOME``, else the user's data directory
-    (``$XDG_DATA_HOME/pixfleet``, by default ``~/.local/share/pixfleet``) - never the current
-    directory, so every command finds the same broker wherever it is run from."""
-    explicit = os.environ.get(ENV_HOME)
-    if explicit:
-        return Path(explicit).expanduser().resolve()
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return (Path(base).expanduser() / "pixfleet").resolve()
-
-
 def default_broker_url() -> str:
-    return os.environ.get(ENV_BROKER) or f"sqlite:///{data_dir() / 'broker.db'}"
+    """``$PIXFLEET_BROKER``, else the config file's ``broker``, else the data dir's sqlite."""
+    return load().settings.broker_url
 
 
 def default_blobs_url() -> str:
-    return os.environ.get(ENV_BLOBS) or (data_dir() / "blobs").as_uri()
+    """``$PIXFLEET_BLOBS``, else the config file's ``blobs``, else the data dir's blobs/."""
+    return load().settings.blobs_url
 
 
 def redact(url: str) -> str:

@@ -10,7 +10,6 @@ uploader samples DIR [--count N]
 from __future__ import annotations
 
 import io
-import json
 import sys
 from collections import Counter
 from contextlib import aclosing
@@ -18,30 +17,39 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import typer
-from pydantic import JsonValue, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from brokers import open_transport
 from brokers.names import DEFAULT_GROUP, DEFAULT_RESULTS
+from pixfleet import params as pipeline_params
 from pixfleet.blobs import open_blobstore
 from pixfleet.envelope import Ident, Task
 from pixfleet.errors import ConfigError, PixfleetError
 from pixfleet.images import MAX_BYTES, MAX_PIXELS, Limits
-from pixfleet.runtime import EXIT_FAILURE, configure_logging, fail, run_async, set_log_format
-from pixfleet.settings import ENV_BLOBS, ENV_BROKER, default_blobs_url, default_broker_url
+from pixfleet.runtime import (
+    EXIT_FAILURE,
+    cli_urls,
+    configure_logging,
+    fail,
+    guarded,
+    root_options,
+    run_async,
+    with_hint,
+)
 from producer import gc, inspect, render
+from producer.config_cli import config_app
 from producer.samples import write_samples
 from producer.serve import serve_cmd
 from producer.status import status_cmd
 from producer.submission import Submission, SubmitOptions
 
 app = typer.Typer(
-    add_completion=False,
     no_args_is_help=True,
     help="pixfleet uploader: store images and publish processing tasks.",
 )
 
-BrokerOpt = typer.Option(None, "--broker", envvar=ENV_BROKER, help="Broker URL.")
-BlobsOpt = typer.Option(None, "--blobs", envvar=ENV_BLOBS, help="Blob store URL.")
+BrokerOpt = typer.Option(None, "--broker", help="Broker URL (default: $PIXFLEET_BROKER, config).")
+BlobsOpt = typer.Option(None, "--blobs", help="Blob store URL (default: $PIXFLEET_BLOBS, config).")
 JsonOpt = typer.Option(False, "--json", help="One JSON object per line.")
 DebugOpt = typer.Option(False, "--debug", help="Print tracebacks.")
 TaskIdOpt = typer.Option(
@@ -51,44 +59,25 @@ TaskIdOpt = typer.Option(
     "runs it twice nor makes a second result; --wait then answers from the recorded result.",
 )
 
-LogFormatOpt = typer.Option(
-    None,
-    "--log-format",
-    help="Log lines as text or json (one object per line); env PIXFLEET_LOG_FORMAT.",
-)
 
-
-@app.callback()
-def _root(log_format: str = LogFormatOpt) -> None:
-    """pixfleet uploader."""
-    set_log_format(log_format)
-
-
+app.callback()(root_options)
 app.command("serve")(serve_cmd)
 app.command("status")(status_cmd)
 app.command("gc")(gc.gc_cmd)
-
-
-def _parse_params(pairs: list[str]) -> dict[str, JsonValue]:
-    params: dict[str, JsonValue] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            fail(ConfigError(f"--param expects KEY=VALUE, got {pair!r}").one_line())
-        try:
-            params[key] = json.loads(raw)
-        except ValueError:
-            params[key] = raw
-    return params
+app.add_typer(config_app, name="config")
 
 
 def _submit_options(
     groups: list[str], params: list[str], ttl: float | None, wait: bool
 ) -> SubmitOptions:
+    """The options of a submission; ``-p`` values checked against the parameter model of every
+    target group that runs a built-in pipeline, before anything is stored or published."""
     try:
-        return SubmitOptions(tuple(groups), _parse_params(params), ttl=ttl, wait=wait)
-    except ConfigError as exc:
-        fail(exc.one_line())
+        options = SubmitOptions(tuple(groups), pipeline_params.from_pairs(params), ttl, wait)
+        pipeline_params.check(options.groups, options.params)
+    except PixfleetError as exc:
+        fail(with_hint(exc))
+    return options
 
 
 @app.command("enqueue")
@@ -120,7 +109,7 @@ def enqueue_cmd(
     if not candidates:
         fail(f"error[input.none]: nothing to enqueue ({rejected} file(s) rejected)")
     batch = _Batch(candidates, options, task_id, timeout=timeout, as_json=as_json)
-    urls = (broker or default_broker_url(), blobs or default_blobs_url())
+    urls = cli_urls(broker, blobs)
     failures = run_async(_enqueue_all(*urls, batch), debug=debug)
     if rejected or failures:
         raise typer.Exit(EXIT_FAILURE)
@@ -245,7 +234,7 @@ def results(
     ack) is removed without being shown. Deduplication spans one run: a result shown by an
     earlier run is not remembered (its completion record is the lasting answer)."""
     configure_logging("debug" if debug else "error")
-    urls = (broker or default_broker_url(), blobs or default_blobs_url())
+    urls = cli_urls(broker, blobs)
     run_async(_read_results(*urls, channel, follow=follow, as_json=as_json), debug=debug)
 
 
@@ -276,4 +265,4 @@ def samples(
 
 
 def main() -> None:
-    app()
+    guarded(app)

@@ -21,7 +21,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, UnknownTopicOrPartitionError
 
 from brokers import names
-from brokers.kafka.failures import translate
+from brokers.kafka.failures import producer_start_failed, translate
 from brokers.kafka.records import Headers, Record, dead_headers, retry_headers
 from brokers.kafka.settings import KafkaSettings
 from pixfleet.errors import BrokerUnavailable, PublishFailed, TransportClosed
@@ -54,6 +54,7 @@ class KafkaClient:
     async def start(self) -> None:
         """Connect the admin client and the producer; raises :class:`BrokerUnavailable`."""
         s = self.settings
+        started = False  # the admin client: the broker is reachable
         admin = AIOKafkaAdminClient(**s.client_options())
         producer = AIOKafkaProducer(
             acks="all", enable_idempotence=s.idempotence, **s.client_options()
@@ -61,10 +62,13 @@ class KafkaClient:
         try:
             async with asyncio.timeout(s.op_timeout):
                 await admin.start()
+                started = True
                 await producer.start()
         except (KafkaError, OSError, TimeoutError) as exc:
             await producer.stop()
             await admin.close()
+            if isinstance(exc, KafkaError) and started:
+                raise producer_start_failed(exc, self.url, idempotence=s.idempotence) from exc
             raise self.unavailable(exc) from exc
         self._admin, self._producer = admin, producer
 

@@ -41,3 +41,25 @@ def translate(exc: BaseException, url: str, what: str) -> BrokerError:
     if isinstance(exc, _CONFIGURATION):
         return BrokerError(f"cannot {detail}")
     return BrokerUnavailable(f"cannot {detail}")
+
+
+def producer_start_failed(exc: BaseException, url: str, *, idempotence: bool) -> BrokerError:
+    """The pixfleet error for a producer that did not start.
+
+    With ``idempotence`` on, a broker that answers the producer-id request with an error for
+    good (tansu: ``UnknownError``; an old broker: ``UnsupportedVersion``) is reachable - it has
+    no idempotent producer, and the error says how to turn it off. Anything else is
+    :func:`translate`'s."""
+    answered = isinstance(exc, kafka.BrokerResponseError) and not exc.retriable
+    if idempotence and answered and not isinstance(exc, _REFUSED):
+        return BrokerError(
+            f"{url} refused the idempotent producer ({exc or type(exc).__name__}); "
+            "a broker without one (tansu, for instance) needs ?idempotence=false in the URL"
+        )
+    error = translate(exc, url, "start the producer")
+    if idempotence and isinstance(error, BrokerAuthFailed):
+        error = BrokerAuthFailed(
+            f"{error.message} (an idempotent producer needs IdempotentWrite on the cluster; "
+            "or add ?idempotence=false to the URL)"
+        )
+    return error

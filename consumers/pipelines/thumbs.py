@@ -7,47 +7,28 @@ Params (all optional; unknown keys are refused with ``params.invalid``)::
     quality  1..95                                      default 82
 
 Outputs are named ``<size>.<ext>`` (``256.jpg``, ``1024.webp``), upright (EXIF orientation
-applied), in sRGB, without EXIF/GPS/XMP/ICC/comments, never upscaled.
+applied), in sRGB, without EXIF/GPS/XMP/ICC/comments, never upscaled. The parameter model,
+:class:`~pixfleet.params.ThumbParams`, lives in the kernel: the uploader checks ``-p`` with it.
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from consumers.imaging import Decoded, decode, fit_long_edge
 from consumers.pipelines.base import PipelineOutput, Rendition
-from pixfleet.errors import ParamsInvalid
 from pixfleet.images import Limits
+from pixfleet.params import ThumbParams, parse
 
 _EXT = {"jpeg": "jpg", "webp": "webp"}
 
 
-class ThumbParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    sizes: list[int] = Field(default=[256, 1024], min_length=1, max_length=8)
-    formats: list[Literal["jpeg", "webp"]] = Field(default=["jpeg", "webp"], min_length=1)
-    quality: int = Field(default=82, ge=1, le=95)
-
-    def checked(self) -> ThumbParams:
-        bad = [s for s in self.sizes if not 16 <= s <= 8192]
-        if bad:
-            raise ParamsInvalid(f"sizes must be within 16..8192 px, got {bad}")
-        return self
-
-
 def parse_params(params: Mapping[str, Any]) -> ThumbParams:
-    try:
-        return ThumbParams.model_validate(dict(params)).checked()
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "params"
-        raise ParamsInvalid(f"thumbs params: {where}: {first['msg']}") from exc
+    return parse(ThumbParams, params, "thumbs")
 
 
 def run(data: bytes, params: Mapping[str, Any], limits: Limits) -> PipelineOutput:

@@ -1,0 +1,67 @@
+"""Pre-flight of the local directories a command writes to: the embedded broker's and the file
+blob store's (by default both under the data dir).
+
+A read-only or full directory is reported as what it is - ``storage.read_only`` /
+``storage.full``, naming the directory - before any broker or store is opened, instead of
+surfacing later as an unreachable broker. Remote brokers and stores are not checked here.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from pixfleet.errors import StorageError, StorageFull, StorageReadOnly
+
+_HINT = "point PIXFLEET_HOME (or --broker/--blobs) at a writable directory with free space"
+
+
+def local_dirs(broker_url: str, blobs_url: str) -> list[Path]:
+    """The local directories behind ``sqlite:///`` and ``file://`` (or plain path) URLs."""
+    dirs: list[Path] = []
+    broker = urlsplit(broker_url)
+    if broker.scheme == "sqlite" and broker.path.startswith("/") and len(broker.path) > 1:
+        dirs.append(Path(unquote(broker.path[1:])).expanduser().resolve().parent)
+    blobs = urlsplit(blobs_url)
+    if blobs.scheme in ("", "file") and blobs.path:
+        dirs.append(Path(unquote(blobs.path)).expanduser().resolve())
+    return list(dict.fromkeys(dirs))
+
+
+def check_writable(directory: Path) -> None:
+    """Create ``directory`` if missing, then raise :class:`StorageReadOnly` or
+    :class:`StorageFull` if it cannot take writes (:class:`StorageError` for other failures)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as exc:
+        raise StorageError(f"{directory} is not a directory; {_HINT}") from exc
+    except OSError as exc:
+        known = storage_error(directory, exc)
+        if known is None:
+            return  # not a storage condition (no such mount, ...): the adapter reports it
+        raise known from exc
+    if not os.access(directory, os.W_OK):
+        # access(2) answers EROFS for a read-only mount and EPERM for an immutable directory,
+        # for root too (plain permission bits do not stop root).
+        raise StorageReadOnly(f"{directory} is not writable; {_HINT}")
+    stats = os.statvfs(directory)
+    if stats.f_bavail == 0 or (stats.f_files and stats.f_favail == 0):
+        raise StorageFull(f"no space left on the file system of {directory}; {_HINT}")
+
+
+def storage_error(directory: Path, exc: OSError) -> StorageError | None:
+    """An ``OSError`` from writing under ``directory`` as the storage error it is, if it is
+    one (no space, a read-only file system, refused permissions)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFull(f"no space left in {directory}: {exc.strerror}; {_HINT}")
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return StorageReadOnly(f"{directory} is not writable: {exc.strerror}; {_HINT}")
+    return None
+
+
+def check_local_storage(broker_url: str, blobs_url: str) -> None:
+    """:func:`check_writable` for every local directory of the two URLs."""
+    for directory in local_dirs(broker_url, blobs_url):
+        check_writable(directory)
