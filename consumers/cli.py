@@ -19,14 +19,15 @@ import typer
 from brokers import open_transport
 from consumers.events import NO_EVENTS, EventFanout, WorkerEvents, WorkerStats
 from consumers.metrics import WorkerMetrics, serve_health
-from consumers.pipelines import BUILTIN, resolve
+from consumers.pipelines import BUILTIN, known, pipeline_name, resolve
 from consumers.pool import PipelinePool
 from consumers.signals import defer_sigterm, received_early
 from consumers.worker import Worker, WorkerSettings
-from pixfleet.blobs import open_blobstore
+from pixfleet.blobs import BlobStore, open_blobstore
 from pixfleet.config import LogLevel
+from pixfleet.declared import declare_pipeline
 from pixfleet.envelope import is_group_name
-from pixfleet.errors import ConfigError
+from pixfleet.errors import ConfigError, PixfleetError
 from pixfleet.images import Limits
 from pixfleet.runtime import (
     LogLevelOpt,
@@ -118,9 +119,10 @@ def run_cmd(
 
 @app.command()
 def pipelines() -> None:
-    """List the built-in pipelines."""
-    for name, target in sorted(BUILTIN.items()):
-        typer.echo(f"{name}\t{target}")
+    """List the pipelines with a name: built-in, and registered by installed packages (entry
+    point group ``pixfleet.pipelines``)."""
+    for name, target in sorted(known().items()):
+        typer.echo(f"{name}\t{target}\t{'built-in' if name in BUILTIN else 'entry point'}")
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,7 @@ async def _serve_worker(
 ) -> WorkerStats:
     pipeline = resolve(settings.group, pipeline_spec)
     blob_store = open_blobstore(blobs_url)
+    await _declare(blob_store, settings.group, pipeline_name(settings.group, pipeline_spec))
     on_recycle = EventFanout(events).pool_recycled
     async with (
         open_transport(broker_url) as transport,
@@ -193,6 +196,15 @@ async def _serve_worker(
             on_broker=worker.health.probed,
         ):
             return await worker.run()
+
+
+async def _declare(store: BlobStore, group: str, pipeline: str) -> None:
+    """Tell uploaders which pipeline (so which parameter model) the group runs; advisory: a
+    failure is logged and the worker serves anyway."""
+    try:
+        await declare_pipeline(store, group, pipeline)
+    except PixfleetError as exc:
+        log.warning("could not declare pipeline %r of group %r: %s", pipeline, group, exc)
 
 
 def _install_signal_handlers(worker: Worker) -> None:

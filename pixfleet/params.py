@@ -1,5 +1,6 @@
 """The built-in pipelines' parameter models, shared by both sides: the uploader checks ``-p``
-before anything is published, and the pipeline checks again (a task may come from anywhere).
+before anything is published (for a group whose workers declared the pipeline:
+:mod:`pixfleet.declared`), and the pipeline checks again (a task may come from anywhere).
 
 A pipeline's parameters are a pydantic model that forbids unknown keys; a refusal is
 :class:`~pixfleet.errors.ParamsInvalid` (``params.invalid``) naming the first bad field.
@@ -49,16 +50,6 @@ def parse(model: type[M], params: Mapping[str, Any], pipeline: str) -> M:
         where = ".".join(str(p) for p in first["loc"]) or "params"
         message = str(first["msg"]).removeprefix("Value error, ")
         raise ParamsInvalid(f"{pipeline} params: {where}: {message}") from exc
-
-
-def check(groups: Iterable[str], params: Mapping[str, Any]) -> None:
-    """Check ``params`` against the model of every group that runs a built-in pipeline of that
-    name; other groups (user pipelines) are left to their workers. Raises
-    :class:`ParamsInvalid`."""
-    for group in groups:
-        model = PARAMS.get(group)
-        if model is not None:
-            parse(model, params, group)
 
 
 def from_pairs(pairs: Iterable[str]) -> dict[str, Any]:

@@ -21,11 +21,12 @@ from pydantic import TypeAdapter, ValidationError
 
 from brokers import open_transport
 from brokers.names import DEFAULT_GROUP, DEFAULT_RESULTS
-from pixfleet import params as pipeline_params
 from pixfleet.blobs import open_blobstore
+from pixfleet.declared import check_params
 from pixfleet.envelope import Ident, Task
 from pixfleet.errors import ConfigError, PixfleetError
 from pixfleet.images import MAX_BYTES, MAX_PIXELS, Limits
+from pixfleet.params import from_pairs
 from pixfleet.runtime import (
     EXIT_FAILURE,
     cli_urls,
@@ -70,14 +71,11 @@ app.add_typer(config_app, name="config")
 def _submit_options(
     groups: list[str], params: list[str], ttl: float | None, wait: bool
 ) -> SubmitOptions:
-    """The options of a submission; ``-p`` values checked against the parameter model of every
-    target group that runs a built-in pipeline, before anything is stored or published."""
+    """The options of a submission; ``-p`` values are JSON (or bare words)."""
     try:
-        options = SubmitOptions(tuple(groups), pipeline_params.from_pairs(params), ttl, wait)
-        pipeline_params.check(options.groups, options.params)
+        return SubmitOptions(tuple(groups), from_pairs(params), ttl, wait)
     except PixfleetError as exc:
         fail(with_hint(exc))
-    return options
 
 
 @app.command("enqueue")
@@ -156,6 +154,8 @@ async def _enqueue_all(broker_url: str, blobs_url: str, batch: _Batch) -> int:
     """Submit every candidate; with ``--wait``, print results. Returns the number of failures
     (a failed publish counts one, after the tasks confirmed before it were listed)."""
     store = open_blobstore(blobs_url)
+    # -p against the pipeline the groups' workers declared, before anything is published
+    await check_params(store, batch.options.groups, batch.options.params)
     async with (
         open_transport(broker_url) as transport,
         Submission(queue=transport, replies=transport, store=store, options=batch.options) as sub,

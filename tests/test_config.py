@@ -244,6 +244,9 @@ def test_kafka_without_idempotence_says_how_to_turn_it_off(
 def test_params_are_checked_before_anything_is_published(tmp_path: Path) -> None:
     env = {"PIXFLEET_HOME": str(tmp_path)}
     [photo] = images.write_samples(tmp_path / "s", count=1)
+    # A worker declares the pipeline its group runs (thumbs) when it starts.
+    served = cli("consumers", "run", "-g", "thumbs", "--burst", "-c", "1", env=env)
+    assert served.returncode == 0, served.stderr
     refused = {
         "sizes=[128,512": "error[params.invalid]: -p sizes: '[128,512' is not valid JSON",
         "sizes=[8]": "error[params.invalid]: thumbs params: sizes: sizes must be within 16..8192",
@@ -253,9 +256,9 @@ def test_params_are_checked_before_anything_is_published(tmp_path: Path) -> None
         done = cli("producer", "enqueue", str(photo), "-g", "thumbs", "-p", pair, env=env)
         assert done.returncode == 1 and done.stdout == ""
         assert one_error_line(done).startswith(line)
-    # A group without a built-in pipeline is its workers' business; nothing else was queued.
+    # A group no worker declared is its workers' business; nothing else was queued.
     queued = cli("producer", "enqueue", str(photo), "-g", "mine", "-p", "colour=red", env=env)
     assert queued.returncode == 0, queued.stderr
     status = cli("producer", "status", "--json", env=env)
     groups = {row["group"]: row["ready"] for row in map(json.loads, status.stdout.splitlines())}
-    assert groups == {"mine": 1}
+    assert groups == {"mine": 1, "thumbs": 0}
