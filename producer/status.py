@@ -36,8 +36,7 @@ from rich.table import Table
 
 from brokers import open_transport
 from brokers.contract import GroupStats, Inspector
-from pixfleet.runtime import configure_logging, run_async
-from pixfleet.settings import ENV_BROKER, default_broker_url
+from pixfleet.runtime import cli_urls, configure_logging, run_async
 
 
 class _Beat(Protocol):
@@ -193,7 +192,7 @@ def table(current: Look, url: str) -> Table:
 
 # -- the command -------------------------------------------------------------------------------
 
-BrokerOpt = typer.Option(None, "--broker", envvar=ENV_BROKER, help="Broker URL.")
+BrokerOpt = typer.Option(None, "--broker", help="Broker URL (default: $PIXFLEET_BROKER, config).")
 
 
 def status_cmd(
@@ -205,7 +204,7 @@ def status_cmd(
 ) -> None:
     """Backlog, in-flight, dead-lettered tasks, live consumers and rate per group."""
     configure_logging("debug" if debug else "error")
-    url = broker or default_broker_url()
+    url = cli_urls(broker, blobs_used=False)[0]
     if watch:
         run_async(_watch(url, interval), debug=debug)
     else:
