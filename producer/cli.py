@@ -103,10 +103,11 @@ def enqueue_cmd(
     options = _submit_options(group, param, ttl, wait)
     files = list(inspect.expand(paths))
     _check_task_id(task_id, len(files))
-    candidates, rejected = _vet_all(files, Limits(max_pixels=max_pixels, max_bytes=max_bytes))
+    limits = Limits(max_pixels=max_pixels, max_bytes=max_bytes)
+    candidates, rejected = _vet_all(files, limits)
     if not candidates:
         fail(f"error[input.none]: nothing to enqueue ({rejected} file(s) rejected)")
-    batch = _Batch(candidates, options, task_id, timeout=timeout, as_json=as_json)
+    batch = _Batch(candidates, limits, options, task_id, timeout=timeout, as_json=as_json)
     urls = cli_urls(broker, blobs)
     failures = run_async(_enqueue_all(*urls, batch), debug=debug)
     if rejected or failures:
@@ -127,14 +128,15 @@ def _check_task_id(task_id: str | None, files: int) -> None:
         fail(ConfigError(f"--task-id {task_id[:210]!r} is not a task id: {why}").one_line())
 
 
-def _vet_all(paths: list[Path], limits: Limits) -> tuple[list[inspect.Candidate], int]:
-    """Read and vet every file; each rejection is one ``error[...]`` line on stderr."""
-    candidates: list[inspect.Candidate] = []
+def _vet_all(paths: list[Path], limits: Limits) -> tuple[list[Path], int]:
+    """Read and vet every file, keeping only the paths (memory: one file at a time); each
+    rejection is one ``error[...]`` line on stderr."""
+    candidates: list[Path] = []
     rejected = 0
     for path in inspect.expand(paths):
         try:
-            data = inspect.read_file(path, limits.max_bytes)
-            candidates.append(inspect.vet(data, str(path), limits=limits))
+            inspect.vet_file(path, limits)
+            candidates.append(path)
         except PixfleetError as exc:
             rejected += 1
             sys.stderr.write(exc.one_line() + "\n")
@@ -143,7 +145,8 @@ def _vet_all(paths: list[Path], limits: Limits) -> tuple[list[inspect.Candidate]
 
 @dataclass(frozen=True)
 class _Batch:
-    candidates: list[inspect.Candidate]
+    candidates: list[Path]  # vetted; each is read (and vetted) again when it is submitted
+    limits: Limits
     options: SubmitOptions
     task_id: str | None
     timeout: float
@@ -180,8 +183,9 @@ async def _publish(sub: Submission, batch: _Batch) -> PixfleetError | None:
         file=sys.stderr if show else io.StringIO(),
         show_pos=True,
     ) as bar:
-        for candidate in bar:
+        for path in bar:
             try:
+                candidate = inspect.vet_file(path, batch.limits)  # changed since? refused
                 task = await sub.submit(candidate, task_id=batch.task_id)
             except PixfleetError as exc:
                 return exc
@@ -196,7 +200,7 @@ def _report_partial(error: PixfleetError, tasks: tuple[Task, ...], batch: _Batch
     if batch.options.wait:
         for task in tasks:
             typer.echo(render.queued_line(task, as_json=batch.as_json))
-    missing = [c.filename for c in batch.candidates[len(tasks) :]]
+    missing = [p.name for p in batch.candidates[len(tasks) :]]
     if batch.as_json:
         typer.echo(render.partial_json(error, tasks, missing))
     typer.echo(render.partial_line(error, len(tasks), len(batch.candidates), missing), err=True)

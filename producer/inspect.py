@@ -117,6 +117,12 @@ def vet(data: bytes, filename: str, *, limits: Limits | None = None) -> Candidat
     return Candidate(_base_name(filename), data, content_type, width, height)
 
 
+def vet_file(path: Path, limits: Limits) -> Candidate:
+    """:func:`read_file` (bounded) then :func:`vet`: one file's candidate. The uploader keeps
+    only paths between vetting and submitting, so it holds one file's bytes at a time."""
+    return vet(read_file(path, limits.max_bytes), str(path), limits=limits)
+
+
 def read_file(path: Path, max_bytes: int = MAX_BYTES) -> bytes:
     """The bytes of a regular, non-empty file of at most ``max_bytes``, read safely: a FIFO or
     device is refused without blocking, the size is checked before reading, and at most
