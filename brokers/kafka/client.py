@@ -26,6 +26,11 @@ from brokers.kafka.records import Headers, Record, dead_headers, retry_headers
 from brokers.kafka.settings import KafkaSettings
 from pixfleet.errors import BrokerUnavailable, PublishFailed, TransportClosed
 
+#: A reply topic is taken as gone only after this many listings without it ...
+GONE_CHECKS = 3
+#: ... the first two this many seconds apart, doubling (0.3 s, then 0.6 s).
+GONE_PAUSE = 0.3
+
 
 class Closable(Protocol):
     async def force_close(self) -> None: ...
@@ -137,7 +142,26 @@ class KafkaClient:
             await self.prepare_topics([topic], await self.partitions_of(task_topic))
 
     async def topic_exists(self, topic: str) -> bool:
-        return topic in set(await self.admin.list_topics())
+        """Whether the broker lists ``topic`` now (a fresh metadata request, never a cache;
+        listing all topics never auto-creates one, as a request for the topic itself may)."""
+        try:
+            async with asyncio.timeout(self.settings.op_timeout):
+                return topic in set(await self.admin.list_topics())
+        except (KafkaError, OSError, TimeoutError) as exc:
+            raise translate(exc, self.url, f"list topics (looking for {topic})") from exc
+
+    async def topic_gone(self, topic: str) -> bool:
+        """Whether ``topic`` is gone for good: not listed by :data:`GONE_CHECKS` fresh metadata
+        requests over about a second (each to a broker picked at random). A topic created a
+        moment ago may be missing from one broker's - or tansu's - view for a little while;
+        only an absence that lasts counts. Raises ``broker.unavailable`` if the broker does
+        not answer (then nothing is decided)."""
+        for check in range(GONE_CHECKS):
+            if await self.topic_exists(topic):
+                return False
+            if check + 1 < GONE_CHECKS:
+                await asyncio.sleep(GONE_PAUSE * 2**check)
+        return True
 
     async def delete_topic(self, topic: str) -> None:
         """Delete ``topic`` and what is in it (a missing topic is fine)."""

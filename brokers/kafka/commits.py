@@ -77,8 +77,15 @@ class PartitionCommits:
                 self.behind = False
 
     async def pin_start(self, assigned: set[TopicPartition]) -> None:
-        """Pin a new group's start at the earliest offset, so the group exists (and is listed)
-        from its first join and no task published before it is skipped."""
+        """Pin a new group's start at offset 0, so the group exists (and is listed) from its
+        first join and no task published before it is skipped.
+
+        Offset 0, not the partition's reported beginning: tansu (the test broker) reports as
+        "earliest" the batch *stored* first, and with several producers of one partition (the
+        workers replying to a private reply channel) that can be offset 10 while 0 - 9 are
+        still being stored; pinning 10 loses them. Where the log really starts later (retention
+        deleted its head), fetching 0 is out of range and the consumer resets to the earliest
+        offset itself (``auto_offset_reset``)."""
         consumer = self._consumer
         if consumer is None:
             return  # a last assignment while leaving the group
@@ -88,7 +95,7 @@ class PartitionCommits:
                 for tp in assigned:
                     if self.tracker.has_committed(tp) or await consumer.committed(tp) is not None:
                         continue
-                    fresh[tp] = (await consumer.beginning_offsets([tp]))[tp]
+                    fresh[tp] = 0
                 if fresh:
                     await consumer.commit({tp: OffsetAndMetadata(o, "") for tp, o in fresh.items()})
             except KafkaError as exc:  # the group then starts where auto_offset_reset says

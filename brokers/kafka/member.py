@@ -22,6 +22,7 @@ from aiokafka.errors import KafkaError
 
 from brokers.kafka.commits import PartitionCommits, RebalanceListener
 from brokers.kafka.failures import translate
+from brokers.kafka.gaps import GapGuard
 from brokers.kafka.inflight import InflightLog, LogHost
 from brokers.kafka.records import Record
 
@@ -74,6 +75,7 @@ class GroupMember:
         self._prefetch = prefetch
         self.inflight = inflight
         self.commits = PartitionCommits(group_id)
+        self.gaps = GapGuard(group_id)
         self._consumer: AIOKafkaConsumer | None = None
         self._revoking = False
         self._started_at = 0.0
@@ -105,6 +107,7 @@ class GroupMember:
         options = self._host.settings.member_options(self.group_id, prefetch=self._prefetch)
         consumer = AIOKafkaConsumer(**options)
         consumer.subscribe(self.topics, listener=RebalanceListener(self))
+        self.gaps = GapGuard(self.group_id)  # a new consumer: expectations from its commits
         # The assignment callback may run before start() returns.
         self._consumer = consumer
         self.commits.attach(consumer)
@@ -136,12 +139,13 @@ class GroupMember:
     # -- fetching --------------------------------------------------------------------------
 
     async def fetch(self, room: int) -> dict[TopicPartition, list[Record]]:
-        """Up to ``room`` records (an empty batch after 200 ms), each marked fetched; a
-        commit that failed before is tried again."""
+        """Up to ``room`` records (an empty batch after 200 ms), each marked fetched and none
+        past an offset not yet read (:mod:`brokers.kafka.gaps`); a commit that failed before is
+        tried again."""
+        consumer = self._live()
         try:
-            batch: dict[TopicPartition, list[Record]] = await self._live().getmany(
-                timeout_ms=200, max_records=room
-            )
+            fetched = await consumer.getmany(timeout_ms=200, max_records=room)
+            batch: dict[TopicPartition, list[Record]] = await self.gaps.admit(consumer, fetched)
         except KafkaError as exc:
             raise self._fail(exc, "fetch") from exc
         for tp, records in batch.items():
@@ -199,6 +203,7 @@ class GroupMember:
                 await self.inflight.close()
         finally:
             self.commits.tracker.forget(revoked)
+            self.gaps.forget(revoked)
             if self.inflight is not None:
                 self.inflight.forget(revoked)
             self._revoking = False

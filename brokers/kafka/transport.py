@@ -95,11 +95,17 @@ class KafkaTransport:
         )
 
     async def reply(self, reply_to: str, result: Result) -> str:
+        """Send ``result`` to ``reply_to``'s topic, or to ``results`` if that topic is gone for
+        good (deleted: its reader stopped waiting). A topic merely missing from one metadata
+        answer - created a moment ago - is not gone (:meth:`KafkaClient.topic_gone`)."""
         channel = reply_to
-        if reply_to != names.DEFAULT_RESULTS and not await self._client.topic_exists(
+        if reply_to != names.DEFAULT_RESULTS and await self._client.topic_gone(
             self._reply_topic(reply_to)
         ):
-            log.info("reply channel %s is gone; result goes to %s", reply_to, names.DEFAULT_RESULTS)
+            log.warning(
+                "reply channel %s is gone; result of task %s goes to %s",
+                reply_to, result.task_id, names.DEFAULT_RESULTS,
+            )  # fmt: skip
             channel = names.DEFAULT_RESULTS
         await self._client.send(
             self._reply_topic(channel),
