@@ -149,6 +149,9 @@ class Result(_Frozen):
     correlation_id: Ident
     group: GroupName
     status: Literal["ok", "error"]
+    filename: Annotated[str, StringConstraints(max_length=255)] = Field(
+        default="", description="The task's filename, so a result can be matched to its file"
+    )
     outputs: tuple[Output, ...] = ()
     meta: dict[str, JsonValue] = Field(default_factory=dict)
     error: ErrorInfo | None = None

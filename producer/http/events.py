@@ -71,7 +71,7 @@ async def _events(task: Task, svc: Services, root: str) -> AsyncIterator[str]:
             return
         for result in new:
             found[result.group] = result
-            yield sse("result", _dump(result, root), event_id=result.group)
+            yield sse("result", _dump(result, root, task.filename), event_id=result.group)
         now = _now()
         if pending and (svc.draining or now >= deadline):
             return  # the client reconnects, perhaps to another instance
@@ -99,5 +99,5 @@ def _now() -> float:
     return asyncio.get_running_loop().time()
 
 
-def _dump(result: Result, root: str) -> dict[str, Any]:
-    return result_view(result, root).model_dump(mode="json")
+def _dump(result: Result, root: str, filename: str) -> dict[str, Any]:
+    return result_view(result, root, filename).model_dump(mode="json")

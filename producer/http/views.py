@@ -63,6 +63,7 @@ class ResultError(_View):
 
 class ResultView(_View):
     group: str
+    filename: str
     status: Literal["ok", "error"]
     outputs: list[OutputView]
     error: ResultError | None
@@ -102,10 +103,12 @@ def output_url(root: str, key: str) -> str:
     return f"{root}/v1/outputs/{key}"
 
 
-def result_view(result: Result, root: str) -> ResultView:
+def result_view(result: Result, root: str, filename: str = "") -> ResultView:
+    """``filename`` stands in for a result recorded before results carried one."""
     error = result.error
     return ResultView(
         group=result.group,
+        filename=result.filename or filename,
         status=result.status,
         outputs=[
             OutputView(
@@ -134,7 +137,11 @@ def task_view(state: TaskState, root: str) -> TaskView:
         filename=task.filename,
         groups=list(task.groups),
         created_at=task.created_at,
-        results=[result_view(state.results[g], root) for g in task.groups if g in state.results],
+        results=[
+            result_view(state.results[g], root, task.filename)
+            for g in task.groups
+            if g in state.results
+        ],
     )
 
 

@@ -181,6 +181,7 @@ async def test_task_state_comes_from_the_completion_records(api: Api) -> None:
     assert done["state"] == "done"
     [result] = done["results"]
     assert result["status"] == "ok" and result["error"] is None
+    assert result["filename"] == "a.jpg"  # a record without one: the task's name stands in
     assert result["outputs"][0]["url"] == f"/v1/outputs/{key}"
     image = await api.client.get(result["outputs"][0]["url"])
     assert image.status_code == 200 and image.content == JPEG

@@ -41,6 +41,7 @@ def test_two_files_are_processed_and_readable_from_the_other_instance(
             done = wait_json(b, task["status_url"], until="done")
             [result] = done["results"]
             assert result["status"] == "ok" and result["group"] == "thumbs"
+            assert result["filename"] == task["filename"]
             for output in result["outputs"]:
                 image = b.get(output["url"])
                 assert image.status_code == 200
@@ -49,6 +50,7 @@ def test_two_files_are_processed_and_readable_from_the_other_instance(
                     assert im.size == (output["width"], output["height"])
             events = parse_sse(b.get(task["events_url"]).text)
             assert [e for e, _ in events] == ["result", "done"]
+            assert events[0][1]["filename"] == task["filename"]
             assert events[1][1] == {"task_id": task["task_id"], "state": "done"}
 
 
