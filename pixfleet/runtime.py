@@ -1,8 +1,10 @@
-"""What both command-line entry points share: logging set-up, one-line errors with a hint, and
-the root options (``--config``, ``--version``).
+"""What both command-line entry points share: logging set-up, one-line errors with a hint,
+exit codes, and the root options (``--config``, ``--version``).
 
 Library code only ever calls ``logging.getLogger(__name__)``; logging is configured here, from
-the CLIs, and nowhere else.
+the CLIs, and nowhere else. A closed stdout (``uploader results | head -1``) is handled here
+once, for every command: the reader stopped reading, so the command stops quietly with exit 0 -
+no traceback, no ``internal.error``, no "Exception ignored" at interpreter exit.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ T = TypeVar("T")
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_TIMEOUT = 3  # `uploader enqueue --wait` gave up with results still pending
 EXIT_INTERRUPTED = 130
 
 
@@ -126,6 +129,8 @@ def run_async(main: Coroutine[Any, Any, T], *, debug: bool = False) -> T:
     """
     try:
         return asyncio.run(main)
+    except BrokenPipeError:
+        stdout_closed()
     except PixfleetError as exc:
         if debug:
             logging.getLogger("pixfleet").exception("failed")
@@ -239,3 +244,14 @@ def guarded(app: Callable[..., Any]) -> NoReturn:
     except PixfleetError as exc:
         fail(with_hint(exc))
     raise SystemExit(code if isinstance(code, int) else 0)
+
+
+def stdout_closed() -> NoReturn:
+    """The reader of stdout went away (``| head``): exit 0 quietly. Stdout now points at
+    ``/dev/null``, so the interpreter's final flush has nowhere to fail."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout without a descriptor: nothing left to flush into
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives until the process ends
+    raise SystemExit(0)

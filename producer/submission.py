@@ -90,6 +90,7 @@ class Submission:
         self._tasks: list[Task] = []
         self._reported: set[tuple[str, str]] = set()  # (task id, group) already yielded
         self._traces: dict[str, str] = {}  # task id -> traceparent (when tracing)
+        self._pending: set[tuple[str, str]] = set()  # (task id, group) submitted, not yielded
 
     async def __aenter__(self) -> Self:
         if self.options.wait:
@@ -133,56 +134,95 @@ class Submission:
         """Every task submitted so far, in order."""
         return tuple(self._tasks)
 
-    async def submit(self, candidate: Candidate, *, task_id: str | None = None) -> Task:
+    @property
+    def pending(self) -> frozenset[tuple[str, str]]:
+        """The (task id, group) pairs of a waiting submission not reported yet."""
+        return frozenset(self._pending)
+
+    async def submit(
+        self,
+        candidate: Candidate,
+        *,
+        task_id: str | None = None,
+        options: SubmitOptions | None = None,
+    ) -> Task:
         """Store the bytes (content-addressed, idempotent), then submit them as one task.
 
         Raises the store's :class:`~pixfleet.errors.BlobError` or the queue's
         :class:`~pixfleet.errors.BrokerError`; nothing is published if storing failed."""
         ref = await store_upload(self._store, candidate.data, candidate.content_type)
-        return await self.submit_stored(ref, candidate.filename, task_id=task_id)
+        return await self.submit_stored(ref, candidate.filename, task_id=task_id, options=options)
 
     async def submit_stored(
-        self, ref: BlobRef, filename: str, *, task_id: str | None = None
+        self,
+        ref: BlobRef,
+        filename: str,
+        *,
+        task_id: str | None = None,
+        options: SubmitOptions | None = None,
     ) -> Task:
         """Record and publish one task for bytes already in the store (the HTTP ingress
-        streams them in itself).
+        streams them in itself). ``options`` (groups, params, ttl) replace the submission's
+        for this task; its ``wait`` is the submission's.
 
         ``task_id`` is an idempotency key: a task id submitted before keeps its first record,
         and the republished task is answered from the completion record instead of running
         twice (workers check it), so a client retry never makes a second result."""
-        ttl = self.options.ttl
         with tracing.span("pixfleet.enqueue", attributes={"pixfleet.filename": filename}) as trace:
-            task = Task.new(
-                ref,
-                groups=self.options.groups,
-                filename=filename,
-                params=self.options.params,
-                reply_to=self.reply_to,
-                deadline=datetime.now(UTC) + timedelta(seconds=ttl) if ttl is not None else None,
-                task_id=task_id,
-                trace=trace,
-            )
+            task = self._new_task(ref, filename, task_id, options or self.options, trace)
             recorded = await record_task(self._store, task)
             if recorded.id == task.id and recorded is not task:
                 log.info("task %s was submitted before; publishing it again", task.id)
-            await self._queue.publish(task)
+            # Expected before the publish: a fast reply read by a running results() is no stray.
+            added = {(task.id, g) for g in task.groups} - self._reported - self._pending
+            if self.options.wait:
+                self._pending |= added
+            try:
+                await self._queue.publish(task)
+            except BaseException:
+                self._pending -= added
+                raise
         self._tasks.append(task)
         if task.trace is not None:
             self._traces[task.id] = task.trace
         log.debug("submitted %s as task %s", filename, task.id)
         return task
 
+    def _new_task(
+        self,
+        ref: BlobRef,
+        filename: str,
+        task_id: str | None,
+        options: SubmitOptions,
+        trace: str | None,
+    ) -> Task:
+        if self.options.wait and not options.groups:
+            raise ConfigError("waiting for results needs at least one named group")
+        ttl = options.ttl
+        return Task.new(
+            ref,
+            groups=options.groups,
+            filename=filename,
+            params=options.params,
+            reply_to=self.reply_to,
+            deadline=datetime.now(UTC) + timedelta(seconds=ttl) if ttl is not None else None,
+            task_id=task_id,
+            trace=trace,
+        )
+
     async def results(self, *, timeout: float) -> AsyncGenerator[Result, None]:
         """Yield the results not reported yet, one per (task, group) of the tasks submitted so
-        far, as they arrive; a pair reported by an earlier call is not waited for again.
+        far - tasks submitted while it runs included - as they arrive; a pair reported by an
+        earlier call is not waited for again.
 
         Ends once every pair has answered; raises :class:`~pixfleet.errors.ResultTimeout` when
-        ``timeout`` seconds (in all, the caller's time between results included) pass first.
-        Hold it with ``contextlib.aclosing`` so the subscription is released on early exit.
-        Only a waiting submission has results to read (else: :class:`RuntimeError`)."""
+        ``timeout`` seconds (in all, the caller's time between results included) pass first
+        (:attr:`pending` then names the missing pairs). Hold it with ``contextlib.aclosing`` so
+        the subscription is released on early exit. Only a waiting submission has results to
+        read (else: :class:`RuntimeError`); one reader at a time."""
         if not self.options.wait:
             raise RuntimeError("results() needs a Submission with SubmitOptions(wait=True)")
-        pending = {(t.id, g) for t in self._tasks for g in t.groups} - self._reported
+        pending = self._pending
         total = len(pending)
         deadline = asyncio.get_running_loop().time() + timeout
         look = True  # at the records: first, then whenever the channel was quiet a while

@@ -1,0 +1,123 @@
+"""The one reader of a waiting submission's reply channel, for many concurrent waiters.
+
+A reply channel may have one reader only (a second would take, and drop, results meant for the
+first), so :class:`ReplyRouter` runs one background task over
+:meth:`~producer.submission.Submission.results` whenever something is pending and hands each
+result to whoever waits for it: :meth:`ReplyRouter.wait` (one task and group) and
+:meth:`ReplyRouter.stream` (every result, in arrival order).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+
+from pixfleet.envelope import Result
+from pixfleet.errors import PixfleetError, ResultTimeout
+from producer.submission import Submission
+
+Pair = tuple[str, str]  # (task id, group)
+
+
+class ReplyRouter:
+    """Fans the results of one waiting :class:`Submission` out to its waiters."""
+
+    def __init__(self, submission: Submission) -> None:
+        self._sub = submission
+        self.done: dict[Pair, Result] = {}
+        self._waiters: dict[Pair, list[asyncio.Future[Result]]] = {}
+        self._arrivals: asyncio.Queue[Result | Exception] = asyncio.Queue()
+        self._wake = asyncio.Event()
+        self._pump: asyncio.Task[None] | None = None
+
+    @property
+    def pending(self) -> frozenset[Pair]:
+        """Pairs submitted whose result has not arrived."""
+        return frozenset(p for p in self._sub.pending if p not in self.done)
+
+    async def wait(self, pair: Pair, *, timeout: float) -> Result:
+        """The result of ``pair``; :class:`ResultTimeout` after ``timeout`` seconds."""
+        if pair in self.done:
+            return self.done[pair]
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(pair, []).append(future)
+        self.start()
+        try:
+            async with asyncio.timeout(timeout):
+                return await future
+        except TimeoutError:
+            task_id, group = pair
+            raise ResultTimeout(
+                f"no result of task {task_id} in group {group!r} within {timeout:g} s"
+            ) from None
+        finally:
+            waiting = self._waiters.get(pair, [])
+            if future in waiting:
+                waiting.remove(future)
+
+    async def stream(self, *, timeout: float = math.inf) -> AsyncGenerator[Result, None]:
+        """Each result as it arrives, each once, until nothing submitted so far is pending;
+        :class:`ResultTimeout` after ``timeout`` seconds in all."""
+        self.start()
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.pending or not self._arrivals.empty():
+            try:
+                async with asyncio.timeout_at(deadline):
+                    item = await self._arrivals.get()
+            except TimeoutError:
+                raise ResultTimeout(
+                    f"{len(self.pending)} result(s) did not arrive within {timeout:g} s"
+                    " (late results go to the default results channel: `uploader results`)"
+                ) from None
+            if isinstance(item, Exception):
+                raise item
+            yield item
+
+    def start(self) -> None:
+        """Make sure the reader runs and looks at what is pending now."""
+        self._wake.set()
+        if self._pump is None or self._pump.done():
+            self._pump = asyncio.create_task(self._read(), name="pixfleet-client-replies")
+            self._pump.add_done_callback(self._ended)
+
+    async def stop(self) -> None:
+        pump, self._pump = self._pump, None
+        if pump is not None:
+            pump.cancel()
+            await asyncio.wait([pump])  # its CancelledError stays in it; ours would propagate
+
+    async def _read(self) -> None:
+        """Read the reply channel whenever something is pending. A broker error fails the
+        current waiters; the next :meth:`start` tries again."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                async with aclosing(self._sub.results(timeout=math.inf)) as results:
+                    async for result in results:
+                        self._deliver(result)
+            except PixfleetError as exc:
+                self._fail(exc)
+
+    def _ended(self, pump: asyncio.Task[None]) -> None:
+        """A bug in the reader fails the waiters at once instead of leaving them hanging."""
+        if not pump.cancelled() and (exc := pump.exception()) is not None:
+            self._fail(exc if isinstance(exc, Exception) else RuntimeError(str(exc)))
+
+    def _deliver(self, result: Result) -> None:
+        pair = (result.task_id, result.group)
+        self.done[pair] = result
+        self._arrivals.put_nowait(result)
+        for future in self._waiters.pop(pair, []):
+            if not future.done():
+                future.set_result(result)
+
+    def _fail(self, exc: Exception) -> None:
+        self._arrivals.put_nowait(exc)
+        waiters, self._waiters = self._waiters, {}
+        for futures in waiters.values():
+            for future in futures:
+                if not future.done():
+                    future.set_exception(exc)
