@@ -1,16 +1,14 @@
 """A submission: store images, publish one task each, and (optionally) wait for their results.
 
-:class:`Submission` is the upload side's one session type, used by ``uploader enqueue`` and
-meant for an HTTP ingress or a Python client as well. It is typed against the roles it needs -
-a :class:`~brokers.contract.TaskQueue` to publish, :class:`~brokers.contract.ReplyChannels` to
-wait, a :class:`~pixfleet.blobs.BlobStore` for the bytes - never a concrete transport or store::
+:class:`Submission` is the upload side's one session type, used by the HTTP ingress and the
+Python :class:`~producer.client.Client` (``uploader enqueue`` is built on it). It is typed
+against the roles it needs - :class:`~brokers.contract.TaskQueue`,
+:class:`~brokers.contract.ReplyChannels`, :class:`~pixfleet.blobs.BlobStore`::
 
     async with Submission(queue=t, replies=t, store=s, options=SubmitOptions(wait=True)) as sub:
-        for candidate in candidates:
-            await sub.submit(candidate)
+        await sub.submit(candidate)
         async with aclosing(sub.results(timeout=60)) as results:
-            async for result in results:
-                ...
+            async for result in results: ...
 
 Guarantees: :meth:`Submission.submit` returns once the bytes are stored (content-addressed, so
 the same image is stored once) and the task is durably published. A waiting submission reads a
@@ -135,8 +133,7 @@ class Submission:
         return tuple(self._tasks)
 
     @property
-    def pending(self) -> frozenset[tuple[str, str]]:
-        """The (task id, group) pairs of a waiting submission not reported yet."""
+    def pending(self) -> frozenset[tuple[str, str]]:  # (task id, group) not reported yet
         return frozenset(self._pending)
 
     async def submit(
@@ -191,7 +188,7 @@ class Submission:
     def _new_task(
         self,
         ref: BlobRef,
-        filename: str,
+        name: str,
         task_id: str | None,
         options: SubmitOptions,
         trace: str | None,
@@ -202,7 +199,7 @@ class Submission:
         return Task.new(
             ref,
             groups=options.groups,
-            filename=filename,
+            filename=name,
             params=options.params,
             reply_to=self.reply_to,
             deadline=datetime.now(UTC) + timedelta(seconds=ttl) if ttl is not None else None,

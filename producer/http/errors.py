@@ -22,6 +22,7 @@ from pixfleet.errors import (
     ResultTimeout,
 )
 from pixfleet.images import ImageError, ImageTooLarge
+from producer.outputs import TaskNotFound
 
 
 class RequestInvalid(PixfleetError):
@@ -60,8 +61,8 @@ class MethodNotAllowed(PixfleetError):
     code = "http.method_not_allowed"
 
 
-class TaskUnknown(NotFound):
-    code = "task.not_found"
+#: No such task: the same error (and code) as ``uploader get`` and ``Client.get`` raise.
+TaskUnknown = TaskNotFound
 
 
 class Conflict(PixfleetError):
