@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import pty
+import re
+import select
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 from brokers import open_transport
-from pixfleet.envelope import decode_result
+from pixfleet.envelope import Task, decode_result
+from tests.conftest import BrokerUnderTest
 from tests.helpers import images
 from tests.helpers.cli import REPO, run_cli
 from tests.helpers.tasks import make_result, make_task
@@ -153,24 +159,63 @@ def test_results_piped_into_head_exits_0_without_a_traceback(tmp_path: Path) -> 
     assert 150 < len(left.stdout.splitlines()) < 200  # what was not shown was not taken
 
 
-def test_results_follow_prints_results_as_they_come(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'broker.db'}?poll=0.05"
+def test_results_follow_prints_results_as_they_come(
+    broker: BrokerUnderTest, tmp_path: Path
+) -> None:
     follower = subprocess.Popen(
-        [sys.executable, "-m", "producer", "results", "--follow", "--json", "--broker", url],
+        [sys.executable, "-m", "producer", "results", "--follow", "--json", "--broker", broker.url],
         cwd=REPO, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    task = make_task("thumbs")
+    tasks = [make_task("thumbs") for _ in range(2)]
 
-    async def reply_later() -> None:
-        async with open_transport(url) as transport:
-            await asyncio.sleep(1.0)  # the follower is reading an empty channel by now
+    async def reply(task: Task) -> None:
+        async with open_transport(broker.url) as transport:
             await transport.reply("results", make_result(task, "thumbs"))
 
     try:
-        asyncio.run(reply_later())
         assert follower.stdout is not None
-        line = follower.stdout.readline()
+        asyncio.run(reply(tasks[0]))  # before or while the follower subscribes
+        first = _line_within(follower.stdout, 30)
+        asyncio.run(reply(tasks[1]))  # while it follows
+        second = _line_within(follower.stdout, 30)
     finally:
         follower.terminate()
-        follower.communicate(timeout=30)
-    assert decode_result(line).task_id == task.id
+        _, err = follower.communicate(timeout=30)
+    assert [decode_result(first).task_id, decode_result(second).task_id] == [t.id for t in tasks], (
+        err
+    )
+
+
+def _line_within(stream: IO[str], seconds: float) -> str:
+    ready, _, _ = select.select([stream], [], [], seconds)
+    assert ready, f"no line within {seconds} s"
+    return stream.readline()
+
+
+def test_on_a_terminal_the_display_is_live_and_no_color_means_no_colour(tmp_path: Path) -> None:
+    [photo] = images.write_samples(tmp_path / "s", count=1)
+    main, terminal = pty.openpty()
+    waiter = subprocess.Popen(
+        [sys.executable, "-m", "producer", "enqueue", str(photo), "--wait", "--timeout", "1"],
+        cwd=REPO, env={**_env(tmp_path), "NO_COLOR": "1", "TERM": "xterm"},
+        stdout=terminal, stderr=terminal,
+    )  # fmt: skip
+    os.close(terminal)
+    chunks = []
+    try:
+        while True:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # EIO: the process closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(main)
+        waiter.wait(timeout=30)
+    shown = b"".join(chunks).decode(errors="replace")
+    assert waiter.returncode == 3
+    assert re.search(r"publish .*1/1", shown) and re.search(r"results .*0/1", shown), shown
+    assert "error[result.timeout]" in shown
+    assert re.findall(r"\x1b\[[0-9;]*m", shown) == []  # cursor moves, but no colour
