@@ -27,8 +27,7 @@ import typer
 
 from pixfleet.blobs import BlobInfo, BlobStore, open_blobstore
 from pixfleet.errors import ConfigError
-from pixfleet.runtime import fail, run_async
-from pixfleet.settings import ENV_BLOBS, default_blobs_url
+from pixfleet.runtime import fail, run_async, settings_or_fail
 
 ORIGINALS = ("uploads",)
 EVERYTHING = ("uploads", "outputs", "records")
@@ -84,14 +83,16 @@ def gc_cmd(
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would go; delete nothing."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
-    blobs: str | None = typer.Option(None, "--blobs", envvar=ENV_BLOBS, help="Blob store URL."),
+    blobs: str | None = typer.Option(
+        None, "--blobs", help="Blob store URL (default: $PIXFLEET_BLOBS, config)."
+    ),
 ) -> None:
     """Delete originals (and with --all outputs and records) older than an age."""
     try:
         age = parse_age(older_than)
     except ConfigError as exc:
         fail(exc.one_line())
-    store = open_blobstore(blobs or default_blobs_url())
+    store = open_blobstore(settings_or_fail(blobs=blobs).blobs_url)  # flags > env > file
     verb = "would delete" if dry_run else "deleted"
 
     def show(blob: BlobInfo) -> None:
