@@ -237,7 +237,7 @@ def guarded(app: Callable[..., Any]) -> NoReturn:
         raise SystemExit(EXIT_USAGE) from None
     except cli_errors.UsageError as exc:
         where = exc.ctx.command_path if exc.ctx else "the command"
-        text = " ".join(exc.format_message().split())
+        text = " ".join(exc.format_message().replace("Value error, ", "").split())
         fail(f"error[config.invalid]: {text} (hint: {where} --help)", EXIT_USAGE)
     except typer.Abort:
         fail("aborted", EXIT_FAILURE)
