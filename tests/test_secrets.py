@@ -129,3 +129,15 @@ def test_kafka_warns_for_cleartext_sasl_plain(
 def test_loopback_hosts() -> None:
     assert all(map(is_loopback, ["localhost", "127.0.0.1", "127.8.0.1", "::1", "[::1]"]))
     assert not any(map(is_loopback, ["", None, "10.0.0.1", "example.com", "localhost.evil.com"]))
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "warned"),
+    [("http://minio.example.com:9000", True), ("http://127.0.0.1:9000", False)],
+)
+def test_s3_warns_for_plain_http_to_another_machine(
+    endpoint: str, warned: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    open_blobstore(f"s3://bucket/p?endpoint={endpoint}")
+    assert [("unencrypted" in w) for w in _warnings(caplog)] == ([True] if warned else [])

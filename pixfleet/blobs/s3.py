@@ -28,6 +28,7 @@ import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from datetime import timedelta
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import obstore
 from obstore.exceptions import (
@@ -53,6 +54,7 @@ from pixfleet.errors import (
     ConfigError,
     InvalidURL,
 )
+from pixfleet.settings import is_loopback
 
 if TYPE_CHECKING:
     from obstore.store import ClientConfig, RetryConfig, S3Config
@@ -72,6 +74,14 @@ class S3BlobStore:
 
     def __init__(self, settings: S3Settings) -> None:
         self.settings = settings
+        host = urlsplit(settings.endpoint or "").hostname
+        if settings.allow_http and not is_loopback(host):
+            log.warning(
+                "blob store %s uses plain http:// to %s: images, presigned URLs and any session "
+                "token travel unencrypted; use https://",
+                settings.url,
+                host,
+            )
         try:
             self._client = _client(settings)
         except BaseError as exc:
