@@ -21,10 +21,18 @@ from fastapi import FastAPI
 from brokers import open_transport
 from brokers.names import DEFAULT_GROUP
 from pixfleet.blobs import open_blobstore
+from pixfleet.config import LogLevel
 from pixfleet.errors import ConfigError
 from pixfleet.images import MAX_BYTES, MAX_PIXELS
-from pixfleet.runtime import configure_logging, fail, run_async
-from pixfleet.settings import ENV_BLOBS, ENV_BROKER, default_blobs_url, default_broker_url
+from pixfleet.runtime import (
+    LogLevelOpt,
+    cli_urls,
+    configure_logging,
+    effective_level,
+    fail,
+    run_async,
+    settings_or_fail,
+)
 from producer.http.app import create_app
 from producer.http.services import services_of_app
 from producer.http.settings import ENV_TOKEN, MIB, IngressLimits, ServeSettings
@@ -52,21 +60,23 @@ def serve_cmd(  # noqa: PLR0917 - Typer commands take one positional per option
     request_timeout: float = typer.Option(300.0, min=0.1, help="Seconds per upload request."),
     max_in_flight: int = typer.Option(64, min=1, help="Uploads at once, then 429."),
     drain_timeout: float = typer.Option(30.0, min=0.0, help="Seconds SIGTERM waits for work."),
-    broker: str = typer.Option(None, "--broker", envvar=ENV_BROKER, help="Broker URL."),
-    blobs: str = typer.Option(None, "--blobs", envvar=ENV_BLOBS, help="Blob store URL."),
-    log_level: str = typer.Option("info", help="debug, info, warning, error."),
+    broker: str = typer.Option(None, "--broker", help="Broker URL (default: $PIXFLEET_BROKER)."),
+    blobs: str = typer.Option(None, "--blobs", help="Blob store URL (default: $PIXFLEET_BLOBS)."),
+    log_level: LogLevel | None = LogLevelOpt,
     debug: bool = typer.Option(False, "--debug", help="Print tracebacks."),
 ) -> None:
     """Serve the HTTP API and the upload page until SIGTERM/SIGINT (which drain)."""
-    configure_logging("debug" if debug else log_level)
+    level = effective_level(log_level, settings_or_fail(log_level=log_level).log_level, "info")
+    configure_logging("debug" if debug else level)
+    broker_url, blobs_url = cli_urls(broker, blobs)
     try:
         limits = IngressLimits(
             max_file_bytes, max_request_bytes, max_files, max_pixels, request_timeout,
             max_in_flight,
         )  # fmt: skip
         settings = ServeSettings(
-            broker or default_broker_url(),
-            blobs or default_blobs_url(),
+            broker_url,
+            blobs_url,
             tuple(g.strip() for value in group for g in value.split(",") if g.strip()),
             limits,
             token=token or None,
@@ -74,7 +84,7 @@ def serve_cmd(  # noqa: PLR0917 - Typer commands take one positional per option
         )
     except ConfigError as exc:
         fail(exc.one_line())
-    listen = _Listen(host, port, math.ceil(drain_timeout), "debug" if debug else log_level)
+    listen = _Listen(host, port, math.ceil(drain_timeout), "debug" if debug else level)
     run_async(_serve(settings, listen), debug=debug)
 
 
