@@ -7,7 +7,7 @@ does not know) or, with a signing key set, ``EnvelopeUnsigned`` / ``EnvelopeBadS
 (:mod:`pixfleet.signing`), and never anything else, so a consumer can dead-letter the message
 and go on.
 
-The JSON Schemas in ``brokers/schema/`` are generated from these models (``python -m
+The JSON Schemas in ``pixfleet/schema/`` are generated from these models (``python -m
 pixfleet.schema``) and a test keeps them in sync, so producers in other languages can write tasks.
 """
 
