@@ -15,6 +15,7 @@ from typing import Protocol, cast
 from urllib.parse import urlsplit
 
 from brokers.contract import (
+    Admin,
     DeadLetter,
     Delivery,
     GroupStats,
@@ -30,6 +31,7 @@ from pixfleet.settings import redact
 
 __all__ = [
     "TRANSPORTS",
+    "Admin",
     "DeadLetter",
     "Delivery",
     "GroupStats",

@@ -5,8 +5,9 @@ inside a group each task is handed to one consumer at a time (competing consumer
 channel* is a named queue of results with a single reader group.
 
 Callers are typed against the roles they use: the worker against :class:`TaskQueue` and
-:class:`ReplyChannels`, ``uploader status`` against :class:`Inspector`. :class:`Transport` is
-all roles plus the connection lifecycle; :func:`brokers.open_transport` builds one from a URL.
+:class:`ReplyChannels`, ``uploader status`` against :class:`Inspector`, ``uploader dlq`` against
+:class:`Inspector` and :class:`Admin`. :class:`Transport` is all roles plus the connection
+lifecycle; :func:`brokers.open_transport` builds one from a URL.
 
 Guarantees every implementation gives (the contract tests in ``tests/contract`` check them):
 
@@ -23,7 +24,9 @@ Guarantees every implementation gives (the contract tests in ``tests/contract`` 
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol, Self, TypeVar, runtime_checkable
 
 from pixfleet.envelope import Result, Task
@@ -82,8 +85,20 @@ class GroupStats:
 
 @dataclass(frozen=True)
 class DeadLetter:
+    """A dead-lettered message of one group, as :meth:`Inspector.dead_letters` shows it.
+
+    ``body`` is the message as stored (it may be no task at all: a hostile body), ``reason``
+    why it died. The rest is filled when known (``None`` else): ``task_id`` (from the body, or
+    the broker's message key), ``attempts`` (deliveries before it died), ``last_error`` (the
+    last error it met: for the delivery limit the reason's ``last error`` part, else the
+    reason) and ``dead_at`` (when it was dead-lettered, timezone-aware)."""
+
     body: bytes
     reason: str
+    task_id: str | None = None
+    attempts: int | None = None
+    last_error: str = ""
+    dead_at: datetime | None = None
 
 
 class Connected(Protocol):
@@ -157,5 +172,31 @@ class Inspector(Protocol):
         ...
 
 
-class Transport(Connected, TaskQueue, ReplyChannels, Inspector, Protocol):
+class Admin(Protocol):
+    """Operator actions on a group's queues (``uploader dlq``, ``uploader purge``).
+
+    Replay never loses a dead letter: each task is re-published (and confirmed) before its
+    dead letter is removed, so a crash in between can only duplicate it, which the completion
+    records make harmless. Only bodies that are valid tasks are replayed; the others stay.
+    """
+
+    async def replay_dead_letters(self, group: str, task_ids: Collection[str] | None = None) -> int:
+        """Re-publish ``group``'s dead tasks (those of ``task_ids``, or all) to ``group`` only,
+        same task id, delivery count reset to a first delivery, and remove them from the dead
+        letters. Returns how many were re-published. A replayed task whose completion record
+        holds an error is dead-lettered again unless that record is removed first
+        (``uploader dlq replay`` does; see docs/reliability.md)."""
+        ...
+
+    async def purge_dead_letters(self, group: str) -> int:
+        """Remove every dead letter of ``group``; returns how many."""
+        ...
+
+    async def purge(self, group: str) -> int:
+        """Remove ``group``'s tasks that wait for a worker (delayed retries included; tasks a
+        worker holds are left alone). Other groups keep their copies. Returns how many."""
+        ...
+
+
+class Transport(Connected, TaskQueue, ReplyChannels, Inspector, Admin, Protocol):
     """Every role of one broker connection. Build one with :func:`brokers.open_transport`."""

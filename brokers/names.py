@@ -75,6 +75,12 @@ def kafka_dead_topic(group: str) -> str:
     return f"pixfleet.dead.{group}"
 
 
+def kafka_dead_group(group: str) -> str:
+    """Consumer group id whose committed offsets mark where ``group``'s dead letters begin:
+    replayed and purged ones lie before it (never joined; see docs/kafka.md)."""
+    return f"pixfleet.dead.{group}"
+
+
 def kafka_reply_topic(channel: str) -> str:
     return f"pixfleet.reply.{channel}"
 

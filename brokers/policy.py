@@ -16,6 +16,17 @@ def delivery_limit_reason(limit: int, last_error: str) -> str:
     return f"delivery limit {limit} reached; last error: {last_error or 'none'}"
 
 
+def parse_delivery_limit_reason(reason: str) -> tuple[int, str] | None:
+    """``(limit, last error)`` of a reason made by :func:`delivery_limit_reason`, else None."""
+    head, sep, last_error = reason.partition("; last error: ")
+    words = head.split(" ")
+    if not sep or len(words) != 4 or words[:2] != ["delivery", "limit"] or words[3] != "reached":
+        return None
+    if not words[2].isdigit():
+        return None
+    return int(words[2]), "" if last_error == "none" else last_error
+
+
 def apply_delivery_limit(requeue: bool, attempt: int, limit: int, reason: str) -> tuple[bool, str]:
     """The delivery-limit rule for a nack: on the last allowed attempt a requeue becomes a dead
     letter. Transports without a broker-side count (or with copies that reset it) apply it."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import aiormq
@@ -121,6 +122,7 @@ class AmqpChannels:
             delivery_mode=DeliveryMode.PERSISTENT,
             content_type="application/json",
             headers={**headers, names.AMQP_HEADER_REASON: reason[:2000]},
+            timestamp=datetime.now(UTC),  # when it died (uploader dlq list)
         )
 
         async def op(channel: AbstractChannel) -> None:

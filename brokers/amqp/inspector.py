@@ -7,6 +7,8 @@ unacked on a private channel and closes it, which puts them back.
 
 from __future__ import annotations
 
+import asyncio
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import aiormq
@@ -15,6 +17,13 @@ from aio_pika.abc import AbstractChannel
 from brokers import names
 from brokers.amqp.settings import AmqpSettings
 from brokers.contract import DeadLetter, GroupStats
+from brokers.deadletters import dead_letter
+
+#: Seconds a peek or replay waits for RabbitMQ to take back the messages it left unacked.
+SETTLE_TIMEOUT = 2.0
+
+#: A peeked message: body, headers, message id, timestamp property.
+_Peeked = tuple[bytes, dict[str, Any], str | None, datetime | None]
 
 
 class _Opener(Protocol):
@@ -75,30 +84,51 @@ class AmqpInspector:
 
     async def groups(self) -> tuple[str, ...]:
         bodies = await self._peek(names.AMQP_GROUP_REGISTRY, limit=10_000)
-        return tuple(sorted({body.decode() for body, _ in bodies}))
+        return tuple(sorted({peeked[0].decode() for peeked in bodies}))
 
     async def dead_letters(self, group: str, *, limit: int = 100) -> list[DeadLetter]:
         found = await self._peek(names.amqp_dead_queue(group), limit=limit)
-        return [DeadLetter(body=body, reason=_reason(headers)) for body, headers in found]
+        return [
+            dead_letter(
+                body,
+                _reason(headers),
+                key=message_id,
+                dead_at=_dead_at(headers, stamp, group),
+            )
+            for body, headers, message_id, stamp in found
+        ]
 
-    async def _peek(self, queue: str, *, limit: int) -> list[tuple[bytes, dict[str, Any]]]:
+    async def _peek(self, queue: str, *, limit: int) -> list[_Peeked]:
         """Read up to ``limit`` messages without removing them: get them unacked on a
-        private channel, then close it so RabbitMQ puts them back."""
+        private channel, then close it so RabbitMQ puts them back (:meth:`settle`)."""
         channel = await self._opener.open_channel()
-        out: list[tuple[bytes, dict[str, Any]]] = []
+        out: list[_Peeked] = []
         try:
             declared = await channel.declare_queue(queue, passive=True)
+            before = int(declared.declaration_result.message_count or 0)
             while len(out) < limit:
                 message = await declared.get(no_ack=False, fail=False, timeout=self._timeout)
                 if message is None:
                     break
-                out.append((message.body, dict(message.headers or {})))
+                headers = dict(message.headers or {})
+                out.append((message.body, headers, message.message_id, message.timestamp))
         except aiormq.exceptions.ChannelNotFoundEntity:
             return []
         finally:
             if not channel.is_closed:
                 await channel.close()
+        await self.settle(queue, before)
         return out
+
+    async def settle(self, queue: str, expected: int) -> None:
+        """Wait (at most :data:`SETTLE_TIMEOUT` s) until ``queue`` holds ``expected`` ready
+        messages again: a quorum queue takes back a closed channel's unacked messages a moment
+        after the close, and a count, purge or replay must not miss them."""
+        deadline = asyncio.get_running_loop().time() + SETTLE_TIMEOUT
+        while (await self.queue_counts(queue))[0] < expected:
+            if asyncio.get_running_loop().time() >= deadline:
+                return
+            await asyncio.sleep(0.02)
 
 
 def _reason(headers: dict[str, Any]) -> str:
@@ -109,3 +139,20 @@ def _reason(headers: dict[str, Any]) -> str:
     if isinstance(first, bytes):
         first = first.decode()
     return f"dead-lettered by RabbitMQ: {first or 'unknown reason'}"
+
+
+def _dead_at(headers: dict[str, Any], stamp: datetime | None, group: str) -> datetime | None:
+    """When a dead message died: the timestamp of pixfleet's copy, else RabbitMQ's ``x-death``
+    entry for the group queue."""
+    if names.AMQP_HEADER_REASON in headers:
+        return stamp.replace(tzinfo=stamp.tzinfo or UTC) if stamp is not None else None
+    for death in headers.get("x-death") or ():
+        if isinstance(death, dict) and _text(death.get("queue")) == names.amqp_group_queue(group):
+            when = death.get("time")
+            if isinstance(when, datetime):
+                return when.replace(tzinfo=when.tzinfo or UTC)
+    return None
+
+
+def _text(value: object) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)

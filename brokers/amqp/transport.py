@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, Self, TypeVar
 
 from aio_pika import DeliveryMode, Message
 from aio_pika.abc import AbstractChannel
 
 from brokers import names
+from brokers.amqp.admin import AmqpAdmin
 from brokers.amqp.channels import AmqpChannels
 from brokers.amqp.connection import AmqpConnection
 from brokers.amqp.failures import confirmed
@@ -45,6 +46,7 @@ class AmqpTransport:
         self._consuming = AmqpConnection(settings, role="consume")
         self._channels = AmqpChannels(self._connection, self._consuming)
         self._inspector = self._channels.inspector
+        self._admin = AmqpAdmin(self._channels)
         self._subs: set[AmqpSubscription[Any]] = set()  # open ones, closed by close()
 
     @classmethod
@@ -181,6 +183,17 @@ class AmqpTransport:
 
     async def dead_letters(self, group: str, *, limit: int = 100) -> list[DeadLetter]:
         return await self._inspector.dead_letters(group, limit=limit)
+
+    # -- administration (brokers.amqp.admin) -------------------------------------------------
+
+    async def replay_dead_letters(self, group: str, task_ids: Collection[str] | None = None) -> int:
+        return await self._admin.replay_dead_letters(group, task_ids)
+
+    async def purge_dead_letters(self, group: str) -> int:
+        return await self._admin.purge_dead_letters(group)
+
+    async def purge(self, group: str) -> int:
+        return await self._admin.purge(group)
 
 
 def _task_message(task: Task) -> Message:

@@ -2,21 +2,20 @@
 
 ``ready`` is a group's lag (records after its committed offsets, retry topic included), which
 on Kafka includes records a member holds but has not finished; ``in_flight`` is unknown;
-``consumers`` is the member count from DescribeGroups; ``dead`` counts the dead-letter topic.
+``consumers`` is the member count from DescribeGroups; ``dead`` counts the dead-letter topic
+after its committed position (:mod:`brokers.kafka.admin`).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from brokers import names
 from brokers.contract import DeadLetter, GroupStats
+from brokers.kafka.admin import KafkaAdmin
 from brokers.kafka.client import KafkaClient
 from brokers.kafka.failures import translate
-from brokers.kafka.records import reason_of
 from pixfleet.envelope import is_group_name
 
 
@@ -26,6 +25,7 @@ class KafkaInspector:
     def __init__(self, client: KafkaClient) -> None:
         self._client = client
         self._settings = client.settings
+        self._admin = KafkaAdmin(client)
 
     async def groups(self) -> tuple[str, ...]:
         prefix = self._settings.namespace
@@ -41,7 +41,6 @@ class KafkaInspector:
         s = self._settings
         tasks = s.name(names.KAFKA_TASK_TOPIC)
         retry = s.name(names.kafka_retry_topic(group))
-        dead = s.name(names.kafka_dead_topic(group))
         consumer = AIOKafkaConsumer(
             group_id=s.name(group), enable_auto_commit=False, **s.client_options()
         )
@@ -49,36 +48,17 @@ class KafkaInspector:
             try:
                 await consumer.start()
                 ready = await self._lag(consumer, [tasks, retry], committed=True)
-                dead_count = await self._lag(consumer, [dead], committed=False)
             finally:
                 await consumer.stop()  # also after a failed start: nothing left unclosed
             members = await self._members(group)
         except KafkaError as exc:
             raise translate(exc, self._client.url, f"read the backlog of {group}") from exc
+        dead_count = await self._admin.dead_count(group)
         return GroupStats(group, ready=ready, in_flight=None, dead=dead_count, consumers=members)
 
     async def dead_letters(self, group: str, *, limit: int = 100) -> list[DeadLetter]:
-        topic = self._settings.name(names.kafka_dead_topic(group))
-        consumer = AIOKafkaConsumer(enable_auto_commit=False, **self._settings.client_options())
-        await consumer.start()
-        try:
-            parts = await self._partitions(consumer, topic)
-            tps = [TopicPartition(topic, p) for p in parts]
-            if not tps:
-                return []
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            ends = await consumer.end_offsets(tps)
-            out: list[DeadLetter] = []
-            while len(out) < limit and await _behind(consumer, tps, ends):
-                batch = await consumer.getmany(timeout_ms=500)
-                for records in batch.values():
-                    out.extend(
-                        DeadLetter(body=r.value or b"", reason=reason_of(r)) for r in records
-                    )
-            return out[:limit]
-        finally:
-            await consumer.stop()
+        """The records after the dead-letter position (:mod:`brokers.kafka.admin`)."""
+        return await self._admin.dead_letters(group, limit=limit)
 
     async def _lag(self, consumer: AIOKafkaConsumer, topics: list[str], *, committed: bool) -> int:
         """Records after the group's committed offsets (or all records, if not ``committed``)."""
@@ -115,12 +95,3 @@ class KafkaInspector:
                 if state not in ("Dead", "Empty"):
                     count += len(members)
         return count
-
-
-async def _behind(
-    consumer: AIOKafkaConsumer, tps: list[TopicPartition], ends: dict[Any, int]
-) -> bool:
-    for tp in tps:
-        if await consumer.position(tp) < ends[tp]:
-            return True
-    return False

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Collection
 from typing import Self
 
 from brokers import names
 from brokers.contract import DeadLetter, Delivery, GroupStats, Subscription
+from brokers.kafka.admin import KafkaAdmin
 from brokers.kafka.client import KafkaClient
 from brokers.kafka.inspection import KafkaInspector
 from brokers.kafka.records import result_headers, task_headers
@@ -44,6 +46,7 @@ class KafkaTransport:
         self.settings = settings
         self._client = KafkaClient(settings)
         self._inspector = KafkaInspector(self._client)
+        self._admin = KafkaAdmin(self._client)
 
     @classmethod
     def from_url(cls, url: str) -> KafkaTransport:
@@ -168,3 +171,14 @@ class KafkaTransport:
 
     async def dead_letters(self, group: str, *, limit: int = 100) -> list[DeadLetter]:
         return await self._inspector.dead_letters(group, limit=limit)
+
+    # -- administration (brokers.kafka.admin) ------------------------------------------------
+
+    async def replay_dead_letters(self, group: str, task_ids: Collection[str] | None = None) -> int:
+        return await self._admin.replay_dead_letters(group, task_ids)
+
+    async def purge_dead_letters(self, group: str) -> int:
+        return await self._admin.purge_dead_letters(group)
+
+    async def purge(self, group: str) -> int:
+        return await self._admin.purge(group)

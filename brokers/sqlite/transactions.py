@@ -230,11 +230,12 @@ def nack(
 
 
 def dead_letter(db: sqlite3.Connection, delivery_id: int, reason: str) -> None:
-    """Make a delivery dead, whoever holds it, keeping the first 2000 characters of ``reason``."""
+    """Make a delivery dead, whoever holds it, keeping the first 2000 characters of ``reason``;
+    its ``available_at`` becomes the time it died."""
     db.execute(
         "UPDATE deliveries SET state = 'dead', lease_owner = NULL, lease_expires = NULL,"
-        " reason = ? WHERE id = ?",
-        (reason[:_REASON_MAX], delivery_id),
+        " reason = ?, available_at = ? WHERE id = ?",
+        (reason[:_REASON_MAX], db_now(db), delivery_id),
     )
 
 

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Self, TypeVar
 
+import brokers.sqlite.admin as admin_tx
 from brokers import names
 from brokers.contract import DeadLetter, Delivery, GroupStats, Subscription
 from brokers.sqlite.db import SqliteQueue
@@ -34,6 +36,8 @@ __all__ = ["SqliteSettings", "SqliteTransport"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+_TASKS = names.SQLITE_TASKS
 
 
 class SqliteTransport:
@@ -189,5 +193,18 @@ class SqliteTransport:
         return await self.call(lambda db: db.subscriptions(names.SQLITE_TASKS))
 
     async def dead_letters(self, group: str, *, limit: int = 100) -> list[DeadLetter]:
-        rows = await self.call(lambda db: db.dead_letters(names.SQLITE_TASKS, group, limit))
-        return [DeadLetter(body=body, reason=reason) for body, reason in rows]
+        return await self._admin(lambda c: admin_tx.dead_letters(c, _TASKS, group, limit))
+
+    # -- administration (brokers.sqlite.admin) -----------------------------------------------
+
+    async def replay_dead_letters(self, group: str, task_ids: Collection[str] | None = None) -> int:
+        return await self._admin(lambda c: admin_tx.replay(c, _TASKS, group, task_ids))
+
+    async def purge_dead_letters(self, group: str) -> int:
+        return await self._admin(lambda c: admin_tx.purge_dead(c, _TASKS, group))
+
+    async def purge(self, group: str) -> int:
+        return await self._admin(lambda c: admin_tx.purge_ready(c, _TASKS, group))
+
+    async def _admin(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        return await self.call(lambda db: db.transact(op))
