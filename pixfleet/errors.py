@@ -240,3 +240,9 @@ class ResultTimeout(PixfleetError):
     """``--wait`` gave up before every expected result arrived."""
 
     code = "result.timeout"
+
+
+class DeadLetterNotFound(PixfleetError):
+    """``uploader dlq replay --task ID`` named a task that is not among the dead letters."""
+
+    code = "dlq.not_found"

@@ -69,6 +69,18 @@ async def read_result(store: BlobStore, task_id: str, group: str) -> Result | No
         return None
 
 
+async def forget_error(store: BlobStore, task_id: str, group: str) -> bool:
+    """Remove the completion record of (task id, group) if it holds an ``error`` result (never
+    an ``ok`` one), its ``replied`` mark first, so that a replayed dead task runs again instead
+    of being answered from the record. True if an error record was removed."""
+    recorded = await read_result(store, task_id, group)
+    if recorded is None or recorded.status != "error":
+        return False
+    await store.delete(replied_key(task_id, group))
+    await store.delete(result_key(task_id, group))
+    return True
+
+
 async def mark_replied(store: BlobStore, task_id: str, group: str) -> None:
     """Note that the reply of (task id, group) was confirmed by the broker."""
     await store.create(replied_key(task_id, group), b"1")

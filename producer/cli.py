@@ -10,6 +10,7 @@ uploader gc --older-than AGE                                  (producer.gc)
 uploader config show                                          (producer.config_cli)
 uploader samples DIR [--count N]
 uploader serve ...                                            (producer.serve)
+uploader dlq list|replay|purge, uploader purge                (producer.admin_cli)
 
 Each command module registers here with one line.
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 import typer
 
 from pixfleet.runtime import guarded, root_options
-from producer import gc
+from producer import admin_cli, gc
 from producer.config_cli import config_app
 from producer.enqueue import enqueue_cmd
 from producer.lookup import fetch_cmd, get_cmd, results_cmd
@@ -47,6 +48,7 @@ app.command("enqueue")(enqueue_cmd)
 app.command("results")(results_cmd)
 app.command("get")(get_cmd)
 app.command("fetch")(fetch_cmd)
+admin_cli.register(app)
 
 
 @app.command()

@@ -97,3 +97,12 @@ def ledger(data: bytes, params: Mapping[str, Any], limits: Limits) -> PipelineOu
         os._exit(137)
     time.sleep(float(params.get("delay", 0)))
     return thumbs.run(data, rest, limits)
+
+
+def broken_until_fixed(data: bytes, params: Mapping[str, Any], limits: Limits) -> PipelineOutput:
+    """Fail with a retryable error until the file ``params["fixed"]`` exists (an operator
+    fixed the cause), then make thumbnails."""
+    rest = dict(params)
+    if not Path(str(rest.pop("fixed"))).exists():
+        raise BlobUnavailable("simulated outage: the cause is not fixed yet")
+    return thumbs.run(data, rest, limits)
