@@ -22,6 +22,7 @@ from aiokafka.structs import OffsetAndMetadata
 
 from brokers.kafka.client import KafkaClient
 from brokers.kafka.failures import translate
+from brokers.kafka.gaps import GapGuard
 from brokers.kafka.records import Record
 from pixfleet.errors import BrokerError
 
@@ -44,13 +45,19 @@ class Window:
         return sum(max(0, self.ends[tp] - self.starts[tp]) for tp in self.starts)
 
     async def read(self, limit: int | None = None) -> list[tuple[TopicPartition, Record]]:
-        """The window's records in offset order per partition (at most ``limit``)."""
+        """The window's records in offset order per partition (at most ``limit``), every offset
+        read (:class:`~brokers.kafka.gaps.GapGuard`)."""
         out: list[tuple[TopicPartition, Record]] = []
         todo = {tp for tp in self.starts if self.ends[tp] > self.starts[tp]}
         for tp in todo:
             self.consumer.seek(tp, self.starts[tp])
+        guard = GapGuard(self.group_id)  # a record fetched before an earlier one: read again
         while todo and (limit is None or len(out) < limit):
-            batch = await self.consumer.getmany(*todo, timeout_ms=_FETCH_MS)
+            try:
+                fetched = await self.consumer.getmany(*todo, timeout_ms=_FETCH_MS)
+            except KafkaError as exc:
+                raise translate(exc, self.url, f"read for {self.group_id}") from exc
+            batch = await guard.admit(self.consumer, fetched)
             for tp, records in batch.items():
                 out.extend((tp, r) for r in records if r.offset < self.ends[tp])
             for tp in list(todo):
