@@ -2,7 +2,10 @@
 
 worker run --group thumbs [--concurrency N] [--prefetch N] [--burst]
            [--broker URL] [--blobs URL] [--pipeline NAME|module:function]
-           [--delivery-limit N] [--retry-backoff S] [--drain-timeout S]
+           [--delivery-limit N] [--retry-backoff S] [--drain-timeout S] [--memory-limit MB]
+
+Every number is bounded (durations: finite, at most 7 days; --concurrency <= 256, --prefetch
+<= 10,000): a value out of range is one ``error[config.invalid]`` line, exit 1.
 worker pipelines
 """
 
@@ -10,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 from dataclasses import dataclass
 
@@ -19,11 +21,24 @@ import typer
 from brokers import open_transport
 from consumers.events import NO_EVENTS, EventFanout, WorkerEvents, WorkerStats
 from consumers.metrics import WorkerMetrics, serve_health
+from consumers.options import (
+    ConcurrencyOpt,
+    DeliveryLimitOpt,
+    DrainTimeoutOpt,
+    MaxBytesOpt,
+    MaxPixelsOpt,
+    MemoryLimitOpt,
+    PrefetchOpt,
+    RetryBackoffOpt,
+    TimeoutOpt,
+    worker_settings,
+)
 from consumers.pipelines import BUILTIN, known, pipeline_name, resolve
 from consumers.pool import PipelinePool
 from consumers.signals import defer_sigterm, received_early
 from consumers.worker import Worker, WorkerSettings
 from pixfleet.blobs import BlobStore, open_blobstore
+from pixfleet.bounds import seconds_option
 from pixfleet.config import LogLevel
 from pixfleet.declared import declare_pipeline
 from pixfleet.envelope import is_group_name
@@ -52,12 +67,6 @@ app = typer.Typer(
 app.callback()(root_options)
 
 
-DrainTimeoutOpt = typer.Option(
-    30.0,
-    min=0.0,
-    help="On SIGTERM/SIGINT: seconds in-flight tasks get to finish, and again for the process "
-    "pool to exit; what is left goes back to the broker.",
-)
 MetricsPortOpt = typer.Option(
     0,
     min=0,
@@ -67,34 +76,30 @@ MetricsPortOpt = typer.Option(
 )
 UnhealthyAfterOpt = typer.Option(
     60.0,
-    min=0.0,
+    callback=seconds_option("--unhealthy-after"),
     envvar="PIXFLEET_UNHEALTHY_AFTER",
     help="/healthz fails once the worker has been reconnecting for this many seconds.",
-)
-DeliveryLimitOpt = typer.Option(
-    5, "--delivery-limit", "--max-attempts", min=1, help="Deliveries before retries stop."
 )
 
 
 @app.command("run")
 def run_cmd(
     group: str = typer.Option(..., "--group", "-g", help="Consumer group (= pipeline name)."),
-    concurrency: int = typer.Option(
-        os.cpu_count() or 1, "--concurrency", "-c", min=1, help="Pipeline processes."
-    ),
-    prefetch: int = typer.Option(0, min=0, help="Unacked tasks to hold (0: = concurrency)."),
+    concurrency: int = ConcurrencyOpt,
+    prefetch: int = PrefetchOpt,
     burst: bool = typer.Option(False, "--burst", help="Exit once the group's backlog is empty."),
     broker: str = typer.Option(None, help="Broker URL (default: $PIXFLEET_BROKER, config)."),
     blobs: str = typer.Option(None, help="Blob store URL (default: $PIXFLEET_BLOBS, config)."),
     pipeline: str = typer.Option(None, help="Built-in name or package.module:function."),
-    timeout: float = typer.Option(60.0, min=0.1, help="Seconds of pipeline time per task."),
-    max_pixels: int = typer.Option(Limits.max_pixels, min=1, help="Largest source image."),
-    max_bytes: int = typer.Option(Limits.max_bytes, min=1, help="Largest source blob."),
+    timeout: float = TimeoutOpt,
+    max_pixels: int = MaxPixelsOpt,
+    max_bytes: int = MaxBytesOpt,
     delivery_limit: int = DeliveryLimitOpt,
-    retry_backoff: float = typer.Option(1.0, min=0.0, help="First retry delay in seconds."),
+    retry_backoff: float = RetryBackoffOpt,
     drain_timeout: float = DrainTimeoutOpt,
     metrics_port: int = MetricsPortOpt,
     unhealthy_after: float = UnhealthyAfterOpt,
+    memory_limit: int = MemoryLimitOpt,
     log_level: LogLevel | None = LogLevelOpt,
     debug: bool = typer.Option(False, "--debug", help="Print tracebacks."),
 ) -> None:
@@ -104,11 +109,11 @@ def run_cmd(
     configure_logging("debug" if debug else effective_level(log_level, config.log_level, "info"))
     if not is_group_name(group):
         fail(ConfigError(f"invalid group name {group!r} (use a-z, 0-9, _ and -)").one_line())
-    settings = WorkerSettings(
+    settings = worker_settings(
         group=group, concurrency=concurrency, prefetch=prefetch,
         limits=Limits(max_pixels=max_pixels, max_bytes=max_bytes, timeout=timeout),
         delivery_limit=delivery_limit, retry_backoff=retry_backoff,
-        drain_timeout=drain_timeout, burst=burst,
+        drain_timeout=drain_timeout, burst=burst, memory_limit_mb=memory_limit,
     )  # fmt: skip
     urls = checked_urls(config)
     health = _Health(metrics_port, unhealthy_after)
@@ -169,13 +174,7 @@ async def _serve_worker(
     pipeline = resolve(settings.group, pipeline_spec)
     blob_store = open_blobstore(blobs_url)
     await _declare(blob_store, settings.group, pipeline_name(settings.group, pipeline_spec))
-    on_recycle = EventFanout(events).pool_recycled
-    async with (
-        open_transport(broker_url) as transport,
-        PipelinePool(
-            settings.concurrency, shutdown_timeout=settings.drain_timeout, on_recycle=on_recycle
-        ) as pool,
-    ):
+    async with open_transport(broker_url) as transport, _pool(settings, events) as pool:
         log.info("broker %s, blob store %s", transport.url, blob_store.url)
         worker = Worker(
             tasks=transport,
@@ -205,6 +204,15 @@ async def _declare(store: BlobStore, group: str, pipeline: str) -> None:
         await declare_pipeline(store, group, pipeline)
     except PixfleetError as exc:
         log.warning("could not declare pipeline %r of group %r: %s", pipeline, group, exc)
+
+
+def _pool(settings: WorkerSettings, events: WorkerEvents) -> PipelinePool:
+    return PipelinePool(
+        settings.concurrency,
+        shutdown_timeout=settings.drain_timeout,
+        memory_limit_mb=settings.memory_limit_mb,
+        on_recycle=EventFanout(events).pool_recycled,
+    )
 
 
 def _install_signal_handlers(worker: Worker) -> None:

@@ -2,6 +2,10 @@
 
 The task id is the idempotency key. Every delivery goes through :class:`Completions`:
 
+0. **First**, :meth:`~Completions.bind` binds the task id to the task's blob through the task
+   record (:func:`~pixfleet.records.bind_task`): a task whose id is bound to another blob is
+   refused - neither run nor answered, so a forged task id never reaches the first task's
+   record, outputs or reply channel.
 1. **Before running**, :meth:`~Completions.recorded` looks for the completion record of
    (task id, group) in the blob store (:mod:`pixfleet.records`). If there is one, the task is
    not run again: the delivery is answered with the recorded result.
@@ -38,7 +42,7 @@ from brokers.contract import ReplyChannels
 from pixfleet.blobs import BlobStore
 from pixfleet.envelope import Result, Task
 from pixfleet.errors import BlobError, PixfleetError
-from pixfleet.records import mark_replied, read_result, record_result, was_replied
+from pixfleet.records import bind_task, mark_replied, read_result, record_result, was_replied
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +71,12 @@ class Completions:
         self.blobs = blobs
         self.replies = replies
         self.grace = grace
+
+    async def bind(self, task: Task) -> None:
+        """Bind the task id to the task's blob (the task record, recorded now if absent);
+        :class:`~pixfleet.errors.TaskConflict` if it is bound to another blob. Raises the
+        store's :class:`BlobError` too (``blob.unavailable`` is retryable)."""
+        await bind_task(self.blobs, task)
 
     async def recorded(self, task: Task, group: str) -> Outcome | None:
         """The recorded answer of (task, group), addressed to this delivery's task, or None.

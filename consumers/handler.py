@@ -1,5 +1,12 @@
 """One delivery, from receipt to settle: the answer from the record or a run, then reply, then
-ack or dead-letter (the order and its reasons are in :mod:`consumers.worker`)."""
+ack or dead-letter (the order and its reasons are in :mod:`consumers.worker`).
+
+Nothing is retried silently: a failure no code classified (a pipeline returning garbage, a bug)
+becomes a final ``internal.error`` result with the exception's type and text, and a dead letter
+with that reason. A task whose id is bound to another blob (``task.conflict``: a forged or
+mistaken re-use of a task id) is dead-lettered with its reason and neither run, recorded nor
+answered: the first task's outputs, result and reply channel stay untouched.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +25,7 @@ from consumers.timing import Steps
 from pixfleet import tracing
 from pixfleet.blobs import BlobStore
 from pixfleet.envelope import Result, Task, WorkerInfo
-from pixfleet.errors import BrokerError, PixfleetError
+from pixfleet.errors import BrokerError, InternalError, PixfleetError, TaskConflict
 
 log = logging.getLogger(__name__)
 
@@ -68,22 +75,23 @@ class Handler:
                 self.settings.group,
                 err.one_line(),
             )
-            await self._nack_quietly(delivery)
-        except Exception:
+            await self._nack_quietly(delivery, err.one_line())
+        except Exception as exc:
             log.exception(
                 "task %s [%s]: could not finish; it will be redelivered",
                 task.id,
                 self.settings.group,
             )
-            await self._nack_quietly(delivery)
+            await self._nack_quietly(delivery, InternalError.wrap(exc).one_line())
 
     def _about(self, task: Task) -> dict[str, str]:
         return {"pixfleet.task_id": task.id, "pixfleet.group": self.settings.group}
 
-    async def _nack_quietly(self, delivery: Delivery[Task]) -> None:
+    async def _nack_quietly(self, delivery: Delivery[Task], reason: str = "") -> None:
         self.given_back += 1
+        delay = self._backoff.delay(delivery.attempt)
         try:
-            await delivery.nack(requeue=True, delay=self._backoff.delay(delivery.attempt))
+            await delivery.nack(requeue=True, delay=delay, reason=reason)
         except PixfleetError as exc:
             log.warning(
                 "task %s: nack failed too (%s); the broker will redeliver it",
@@ -97,7 +105,10 @@ class Handler:
 
     async def _process_and_settle(self, delivery: Delivery[Task]) -> None:
         try:
-            outcome = await self._run_once(delivery)
+            outcome = await self._classified(delivery)
+        except TaskConflict as err:
+            await self._refuse(delivery, err)
+            return
         except PixfleetError as err:
             if err.retryable and delivery.attempt < self.settings.delivery_limit:
                 await self._retry(delivery, err)
@@ -109,9 +120,24 @@ class Handler:
         self.health.recovered("settle")
         self._report(delivery.message, outcome)
 
+    async def _classified(self, delivery: Delivery[Task]) -> Outcome:
+        """:meth:`_run_once`, raising only :class:`PixfleetError`: anything else becomes an
+        :class:`InternalError` carrying the exception's type and text."""
+        try:
+            return await self._run_once(delivery)
+        except PixfleetError:
+            raise
+        except Exception as exc:
+            err = InternalError.wrap(exc)
+            log.error("task %s [%s]: %s", delivery.message.id, self.settings.group, err.one_line())
+            log.debug("the traceback of %s", err.message, exc_info=True)
+            raise err from exc
+
     async def _run_once(self, delivery: Delivery[Task]) -> Outcome:
-        """The recorded answer of the task if there is one, else run it and record."""
+        """The recorded answer of the task if there is one, else run it and record. Raises
+        :class:`TaskConflict` if the task id is bound to another blob."""
         task = delivery.message
+        await self.completions.bind(task)
         answered = await self.completions.recorded(task, self.settings.group)
         if answered is not None:
             return answered
@@ -125,6 +151,14 @@ class Handler:
             task, err, group=self.settings.group, worker=self.info, attempt=attempt
         )
         return await self.completions.record_failure(result, err)
+
+    async def _refuse(self, delivery: Delivery[Task], err: TaskConflict) -> None:
+        """Dead-letter a conflicting task with its reason: no run, no record, no reply."""
+        task = delivery.message
+        log.warning("task %s [%s] refused: %s", task.id, self.settings.group, err.one_line())
+        await delivery.nack(requeue=False, reason=err.one_line())
+        self.health.recovered("settle")
+        self.events.task_failed(task, err)
 
     async def _settle(self, delivery: Delivery[Task], result: Result) -> None:
         """Ack an ``ok`` result; dead-letter an ``error`` one with its reason."""
@@ -170,19 +204,19 @@ class Handler:
         s = self.settings
         steps = Steps(task, self.events)
         check_admissible(task, s.limits)
-        with steps.step("fetch"):
-            data = await self.blobs.get(task.blob)
         with steps.step("queue"):
             await self._slots.acquire()
         self.busy += 1
         try:
+            with steps.step("fetch"):  # in the slot: at most `concurrency` blobs held at once
+                data = await self.blobs.get(task.blob)
             with steps.step("process"):
                 out = await self.pool.process(self.pipeline, data, task.params, s.limits)
         finally:
             self.busy -= 1
             self._slots.release()
         with steps.step("store"):
-            outputs = await store_outputs(self.blobs, task.id, s.group, out.renditions)
+            outputs = await store_outputs(self.blobs, task, s.group, out.renditions)
         return ok_result(
             task,
             out,

@@ -1,6 +1,8 @@
 """Safe decoding of untrusted images with Pillow.
 
-* bytes and pixel limits are checked from the header, before any pixel is decoded;
+* bytes and pixel limits are checked from the header, before any pixel is decoded, and so is
+  the number of scans of a JPEG (:func:`~pixfleet.images.check_jpeg_scans`: a small progressive
+  file of many scans would hold a pool process for minutes);
 * Pillow's decompression-bomb warning is an error here;
 * truncated or corrupt data raises :class:`~pixfleet.errors.ImageInvalid`, never a raw ``OSError``;
 * JPEG sources are decoded in draft mode (DCT scaling) when a smaller size is enough;
@@ -16,7 +18,13 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
-from pixfleet.images import ImageInvalid, ImageTooLarge, Limits, UnsupportedFormat
+from pixfleet.images import (
+    ImageInvalid,
+    ImageTooLarge,
+    Limits,
+    UnsupportedFormat,
+    check_jpeg_scans,
+)
 
 #: Formats accepted from uploads. Anything else is refused before decoding.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP")
@@ -36,7 +44,7 @@ class Decoded:
 
 
 def probe(data: bytes, limits: Limits) -> Image.Image:
-    """Open the header only; enforce byte and pixel limits. The image is not decoded yet."""
+    """Open the header only; enforce byte, pixel and scan limits. The image is not decoded yet."""
     if len(data) > limits.max_bytes:
         raise ImageTooLarge(f"image has {len(data)} bytes, the limit is {limits.max_bytes}")
     if not data:
@@ -60,6 +68,7 @@ def probe(data: bytes, limits: Limits) -> Image.Image:
         raise ImageTooLarge(
             f"image is {width}x{height} = {width * height} pixels, the limit is {limits.max_pixels}"
         )
+    check_jpeg_scans(data, limits)
     return im
 
 

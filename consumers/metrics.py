@@ -67,7 +67,7 @@ class WorkerMetrics(NoEvents):
         )
         self.steps = Histogram(
             "pixfleet_worker_step_seconds",
-            "Seconds per step of a run: fetch, queue, process, store, reply.",
+            "Seconds per step of a run: queue, fetch, process, store, reply.",
             ["group", "step"],
             buckets=STEP_BUCKETS,
             registry=r,

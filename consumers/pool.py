@@ -17,6 +17,11 @@
   so :meth:`PipelinePool._recycle` kills them).
 * Closing the pool waits at most ``shutdown_timeout`` seconds (``worker run --drain-timeout``),
   then kills what is left.
+* Memory, capped: each child's address space is limited (``RLIMIT_AS``, ``worker run
+  --memory-limit``), so one costly image cannot take the machine's memory; a pipeline that runs
+  into the cap raises the final :class:`~pixfleet.errors.MemoryLimitExceeded` (``resource.memory``)
+  and the pool is *retired*: new tasks go to fresh children while the old ones finish what they
+  hold and exit (a process that ran out of memory may hold a fragmented heap).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import resource
 import signal
 import threading
 import time
@@ -35,7 +41,14 @@ from types import FrameType
 from typing import Any, Self
 
 from consumers.pipelines.base import Pipeline, PipelineOutput
-from pixfleet.errors import PipelineError, PixfleetError, TaskTimeout, WorkerCrashed
+from consumers.settings import MEMORY_LIMIT_MB
+from pixfleet.errors import (
+    MemoryLimitExceeded,
+    PipelineError,
+    PixfleetError,
+    TaskTimeout,
+    WorkerCrashed,
+)
 from pixfleet.images import Limits
 
 log = logging.getLogger(__name__)
@@ -44,6 +57,7 @@ log = logging.getLogger(__name__)
 HARD_GRACE = 5.0
 #: Fresh starts of a pool whose processes die while starting.
 START_TRIES = 3
+MIB = 1 << 20
 
 
 def _watch_parent(parent_pid: int) -> None:
@@ -53,11 +67,32 @@ def _watch_parent(parent_pid: int) -> None:
             os._exit(70)
 
 
-def _child_init(parent_pid: int) -> None:
+def _child_init(parent_pid: int, memory_limit: int) -> None:
     # The parent handles Ctrl-C and SIGTERM (also when sent to the whole group) and drains.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if memory_limit:
+        _limit_address_space(memory_limit)
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+
+
+def _limit_address_space(limit: int) -> None:
+    """Cap this process's address space at ``limit`` bytes (never above an existing hard cap),
+    soft and hard, so the pipeline cannot raise it again."""
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _out_of_memory() -> MemoryLimitExceeded:
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY:
+        return MemoryLimitExceeded("the pipeline ran out of memory")
+    return MemoryLimitExceeded(
+        f"the pipeline needed more than the {soft // MIB} MiB a pool process may use"
+        " (worker run --memory-limit)"
+    )
 
 
 def _on_alarm(signum: int, frame: FrameType | None) -> None:
@@ -76,7 +111,7 @@ def _run_in_child(
     except PixfleetError:
         raise
     except MemoryError:
-        raise PipelineError("pipeline ran out of memory") from None
+        raise _out_of_memory() from None
     except Exception as exc:  # noqa: BLE001 - re-raised as a typed error
         # Unclassified failures cross the process boundary as one typed, picklable error.
         raise PipelineError(f"{type(exc).__name__}: {exc}") from None
@@ -98,14 +133,18 @@ class PipelinePool:
         max_tasks_per_child: int = 500,
         hard_grace: float = HARD_GRACE,
         shutdown_timeout: float = 30.0,
+        memory_limit_mb: int = MEMORY_LIMIT_MB,
         on_recycle: Callable[[str], None] | None = None,
     ) -> None:
         self.workers = max(1, workers)
         self.hard_grace = hard_grace
         self.shutdown_timeout = shutdown_timeout
+        self.memory_limit = max(0, memory_limit_mb) * MIB  # bytes; 0: no cap
         self._max_tasks = max_tasks_per_child
         self._on_recycle = on_recycle
         self._executor: ProcessPoolExecutor | None = None
+        # Retired pools finishing their tasks: executor -> its shutdown running in a thread.
+        self._retired: dict[ProcessPoolExecutor, asyncio.Future[None]] = {}
         self.recycled = 0
 
     def _new_executor(self) -> ProcessPoolExecutor:
@@ -113,7 +152,7 @@ class PipelinePool:
             max_workers=self.workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_child_init,
-            initargs=(os.getpid(),),
+            initargs=(os.getpid(), self.memory_limit),
             max_tasks_per_child=self._max_tasks,
         )
 
@@ -137,19 +176,22 @@ class PipelinePool:
         raise WorkerCrashed(f"the process pool did not start in {START_TRIES} tries")
 
     async def __aexit__(self, *exc: object) -> None:
-        """Let the children finish and exit; after ``shutdown_timeout`` seconds, kill them."""
-        if self._executor is None:
+        """Let the children (retired ones too) finish and exit; after ``shutdown_timeout``
+        seconds, kill them."""
+        if self._executor is not None:
+            executor, self._executor = self._executor, None
+            self._retired[executor] = _shut_down(executor)
+        if not self._retired:
             return
-        executor, self._executor = self._executor, None
-        closing = asyncio.ensure_future(
-            asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
-        )
+        closing = asyncio.gather(*self._retired.values())
         try:
             await asyncio.wait_for(asyncio.shield(closing), self.shutdown_timeout)
         except TimeoutError:
             log.warning("the process pool did not stop in %g s; killing it", self.shutdown_timeout)
-            _kill_children(executor)
+            for executor in self._retired:
+                _kill_children(executor)
             await closing
+        self._retired.clear()
 
     async def process(
         self, pipeline: Pipeline, data: bytes, params: Mapping[str, Any], limits: Limits
@@ -171,18 +213,42 @@ class PipelinePool:
         except BrokenProcessPool as exc:
             self._recycle(executor, "a pool process died")
             raise WorkerCrashed(f"the pipeline process died: {exc}") from None
+        except MemoryLimitExceeded:
+            self._retire(executor, "a pipeline ran out of memory")
+            raise
 
     def _recycle(self, executor: ProcessPoolExecutor, why: str) -> None:
-        """Kill every child of ``executor`` and replace it (once, however many callers see it)."""
+        """Kill every child of ``executor`` and replace it (once, however many callers see it).
+        A retired ``executor`` (no longer the current one) just has its children killed."""
         if executor is not self._executor:
+            _kill_children(executor)
             return
         log.warning("restarting the process pool: %s", why)
-        self.recycled += 1
         _kill_children(executor)
         executor.shutdown(wait=False, cancel_futures=True)
+        self._replace(why)
+
+    def _retire(self, executor: ProcessPoolExecutor, why: str) -> None:
+        """Send new tasks to a fresh pool; ``executor``'s children finish their tasks and exit."""
+        if executor is not self._executor:
+            return
+        log.warning("replacing the process pool: %s", why)
+        self._retired[executor] = _shut_down(executor, cancel=False)
+        self._retired[executor].add_done_callback(lambda _: self._retired.pop(executor, None))
+        self._replace(why)
+
+    def _replace(self, why: str) -> None:
+        self.recycled += 1
         self._executor = self._new_executor()
         if self._on_recycle is not None:
             self._on_recycle(why)
+
+
+def _shut_down(executor: ProcessPoolExecutor, *, cancel: bool = True) -> asyncio.Future[None]:
+    """``executor.shutdown(wait=True)`` in a thread: its children finish their tasks (and the
+    queued ones, unless ``cancel``), then exit."""
+    closing = asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=cancel)
+    return asyncio.ensure_future(closing)
 
 
 def _kill_children(executor: ProcessPoolExecutor) -> None:

@@ -25,12 +25,15 @@ def check_admissible(task: Task, limits: Limits) -> None:
 
 
 async def store_outputs(
-    store: BlobStore, task_id: str, group: str, renditions: Iterable[Rendition]
+    store: BlobStore, task: Task, group: str, renditions: Iterable[Rendition]
 ) -> tuple[Output, ...]:
-    """Write each rendition under its task-derived key (a redelivery overwrites the same keys)."""
+    """Write each rendition under its key, derived from the task id and its blob's hash (a
+    redelivery overwrites the same keys; a task id re-used with other bytes cannot)."""
     outputs = []
     for r in renditions:
-        key = await store_output(store, task_id, group, r.name, r.data)
+        key = await store_output(
+            store, task.id, group, r.name, r.data, source_sha256=task.blob.sha256
+        )
         outputs.append(
             Output(
                 name=r.name,

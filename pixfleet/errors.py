@@ -225,6 +225,32 @@ class TaskExpired(PixfleetError):
     code = "task.expired"
 
 
+class TaskConflict(PixfleetError):
+    """A task reuses the id of a task recorded with another blob (a forgery or a client bug):
+    it is dead-lettered without running or replying, so the first task's outputs and result
+    stay as they are."""
+
+    code = "task.conflict"
+
+
+class MemoryLimitExceeded(PixfleetError):
+    """The pipeline needed more memory than a pool process may have (``--memory-limit``)."""
+
+    code = "resource.memory"
+
+
+class InternalError(PixfleetError):
+    """A failure nothing classified (a bug, or a library error no adapter translated): the
+    task gets an error result with the exception's type and text, never a silent retry."""
+
+    code = "internal.error"
+
+    @classmethod
+    def wrap(cls, exc: BaseException) -> InternalError:
+        """``TypeName: text`` of ``exc`` (one line, no traceback)."""
+        return cls(" ".join(f"{type(exc).__name__}: {exc}".split()))
+
+
 class PipelineUnknown(ConfigError):
     code = "pipeline.unknown"
 

@@ -5,7 +5,9 @@ every worker (whatever the transport) and every ingress instance:
 
 * ``records/tasks/<id[:2]>/<task id>.json`` - the task as submitted (its groups say which
   results to expect); written by the submission path, create-if-absent, so a re-submission
-  with the same task id (an idempotency key) keeps the first task;
+  with the same task id (an idempotency key) keeps the first task. It binds the task id to the
+  task's blob: a worker records a task it finds unrecorded (published straight onto the broker)
+  the same way, and refuses a task whose id is recorded with another blob (:func:`bind_task`);
 * ``records/results/<id[:2]>/<task id>/<group>.json`` - the completion record: the first result
   of (task id, group), written create-if-absent by the worker *before* it replies, so exactly one
   result per (task id, group) exists however often the task is published or redelivered;
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 
 from pixfleet.blobs import BlobStore, check_key
 from pixfleet.envelope import Result, Task, decode_result, decode_task, encode
-from pixfleet.errors import BlobNotFound
+from pixfleet.errors import BlobNotFound, TaskConflict
 
 _ROOT = "records"
 
@@ -51,6 +53,18 @@ async def read_task(store: BlobStore, task_id: str) -> Task | None:
         return decode_task(await store.read(task_key(task_id)))
     except BlobNotFound:
         return None
+
+
+async def bind_task(store: BlobStore, task: Task) -> Task:
+    """The recorded task of ``task.id`` - recorded now if there was none - provided it names
+    the same blob (sha256) as ``task``; else :class:`~pixfleet.errors.TaskConflict`."""
+    recorded = await read_task(store, task.id) or await record_task(store, task)
+    if recorded.blob.sha256 != task.blob.sha256:
+        raise TaskConflict(
+            f"task id {task.id} is bound to blob sha256 {recorded.blob.sha256[:16]}..., this"
+            f" task names {task.blob.sha256[:16]}...: refused (not run, not answered)"
+        )
+    return recorded
 
 
 async def record_result(store: BlobStore, result: Result) -> Result:

@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from pixfleet.errors import StorageError, StorageFull, StorageReadOnly
+from pixfleet.private import make_private_dirs
 
 _HINT = "point PIXFLEET_HOME (or --broker/--blobs) at a writable directory with free space"
 
@@ -31,17 +32,18 @@ def local_dirs(broker_url: str, blobs_url: str) -> list[Path]:
 
 
 def check_writable(directory: Path) -> None:
-    """Create ``directory`` if missing, then raise :class:`StorageReadOnly` or
-    :class:`StorageFull` if it cannot take writes (:class:`StorageError` for other failures)."""
+    """Create ``directory`` if missing (private: 0700, like its missing parents), then raise
+    :class:`StorageReadOnly` or :class:`StorageFull` if it cannot take writes
+    (:class:`StorageError` for other failures)."""
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except FileExistsError as exc:
-        raise StorageError(f"{directory} is not a directory; {_HINT}") from exc
+        make_private_dirs(directory)
     except OSError as exc:
         known = storage_error(directory, exc)
         if known is None:
             return  # not a storage condition (no such mount, ...): the adapter reports it
         raise known from exc
+    if not directory.is_dir():
+        raise StorageError(f"{directory} is not a directory; {_HINT}")
     if not os.access(directory, os.W_OK):
         # access(2) answers EROFS for a read-only mount and EPERM for an immutable directory,
         # for root too (plain permission bits do not stop root).

@@ -18,6 +18,7 @@ import typer
 from pydantic import TypeAdapter, ValidationError
 
 from brokers.names import DEFAULT_GROUP
+from pixfleet.bounds import seconds_option
 from pixfleet.envelope import Ident, Task
 from pixfleet.errors import ConfigError, PixfleetError, ResultTimeout
 from pixfleet.images import MAX_BYTES, MAX_PIXELS, Limits
@@ -52,12 +53,16 @@ def enqueue_cmd(  # noqa: PLR0917 - Typer commands take one positional per optio
         [DEFAULT_GROUP], "--group", "-g", help="Target group (repeatable)."
     ),
     wait: bool = typer.Option(False, "--wait", help="Wait for every result and print it."),
-    timeout: float = typer.Option(300.0, min=0.1, help="Seconds --wait waits for results."),
+    timeout: float = typer.Option(
+        300.0, callback=seconds_option("--timeout", low=0.1), help="Seconds --wait waits."
+    ),
     param: list[str] = typer.Option([], "--param", "-p", help="Pipeline param KEY=JSON."),
-    ttl: float = typer.Option(None, min=0.1, help="Seconds after which workers skip the task."),
+    ttl: float = typer.Option(
+        None, callback=seconds_option("--ttl", low=0.1), help="Seconds, then workers skip it."
+    ),
     task_id: str = TaskIdOpt,
-    max_bytes: int = typer.Option(MAX_BYTES, min=1, help="Largest file."),
-    max_pixels: int = typer.Option(MAX_PIXELS, min=1, help="Largest image."),
+    max_bytes: int = typer.Option(MAX_BYTES, min=1, max=1 << 40, help="Largest file."),
+    max_pixels: int = typer.Option(MAX_PIXELS, min=1, max=1 << 40, help="Largest image."),
     as_json: bool = JsonOpt,
     broker: str = BrokerOpt,
     blobs: str = BlobsOpt,

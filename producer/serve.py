@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from brokers import open_transport
 from brokers.names import DEFAULT_GROUP
 from pixfleet.blobs import open_blobstore
+from pixfleet.bounds import seconds_option
 from pixfleet.config import LogLevel
 from pixfleet.errors import ConfigError
 from pixfleet.images import MAX_BYTES, MAX_PIXELS
@@ -42,6 +43,12 @@ log = logging.getLogger(__name__)
 GroupsOpt = typer.Option(
     [DEFAULT_GROUP], "--groups", "--group", "-g", help="Default target group(s); comma-separated."
 )
+RequestTimeoutOpt = typer.Option(
+    300.0, callback=seconds_option("--request-timeout", low=0.1), help="Seconds per upload."
+)
+DrainTimeoutOpt = typer.Option(
+    30.0, callback=seconds_option("--drain-timeout"), help="Seconds SIGTERM waits for work."
+)
 TokenOpt = typer.Option(
     None, envvar=ENV_TOKEN, help="Bearer token required by /v1 (default: no auth)."
 )
@@ -57,9 +64,9 @@ def serve_cmd(  # noqa: PLR0917 - Typer commands take one positional per option
     max_request_bytes: int = typer.Option(256 * MIB, min=1, help="Largest request body."),
     max_files: int = typer.Option(16, min=1, help="Most files per request."),
     max_pixels: int = typer.Option(MAX_PIXELS, min=1, help="Largest image (header)."),
-    request_timeout: float = typer.Option(300.0, min=0.1, help="Seconds per upload request."),
+    request_timeout: float = RequestTimeoutOpt,
     max_in_flight: int = typer.Option(64, min=1, help="Uploads at once, then 429."),
-    drain_timeout: float = typer.Option(30.0, min=0.0, help="Seconds SIGTERM waits for work."),
+    drain_timeout: float = DrainTimeoutOpt,
     broker: str = typer.Option(None, "--broker", help="Broker URL (default: $PIXFLEET_BROKER)."),
     blobs: str = typer.Option(None, "--blobs", help="Blob store URL (default: $PIXFLEET_BLOBS)."),
     log_level: LogLevel | None = LogLevelOpt,

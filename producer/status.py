@@ -36,6 +36,7 @@ from rich.table import Table
 
 from brokers import open_transport
 from brokers.contract import GroupStats, Inspector
+from pixfleet.bounds import seconds_option
 from pixfleet.runtime import cli_urls, configure_logging, run_async
 
 
@@ -198,7 +199,9 @@ BrokerOpt = typer.Option(None, "--broker", help="Broker URL (default: $PIXFLEET_
 def status_cmd(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
     watch: bool = typer.Option(False, "--watch", "-w", help="Redraw live until Ctrl-C."),
-    interval: float = typer.Option(2.0, min=0.1, help="Seconds between redraws (--watch)."),
+    interval: float = typer.Option(
+        2.0, callback=seconds_option("--interval", low=0.1), help="Seconds between redraws."
+    ),
     broker: str = BrokerOpt,
     debug: bool = typer.Option(False, "--debug", help="Print tracebacks."),
 ) -> None:

@@ -56,16 +56,20 @@ async def test_streamed_put_hashes_while_writing(store: BlobStore) -> None:
 
 
 async def test_outputs_have_deterministic_keys_and_overwrite(store: BlobStore) -> None:
-    key1 = await store_output(store, "task1", "thumbs", "256.jpg", b"one")
-    key2 = await store_output(store, "task1", "thumbs", "256.jpg", b"two")
-    assert key1 == key2 == "outputs/thumbs/ta/task1/256.jpg"
+    source = hashlib.sha256(b"source").hexdigest()
+    key1 = await store_output(store, "task1", "thumbs", "256.jpg", b"one", source_sha256=source)
+    key2 = await store_output(store, "task1", "thumbs", "256.jpg", b"two", source_sha256=source)
+    assert key1 == key2 == f"outputs/ta/task1/{source[:16]}/thumbs/256.jpg"
     assert await store.read(key1) == b"two"
+    other = hashlib.sha256(b"other source").hexdigest()
+    key3 = await store_output(store, "task1", "thumbs", "256.jpg", b"forged", source_sha256=other)
+    assert key3 != key1 and await store.read(key1) == b"two"  # bound to the source bytes
 
 
 async def test_scan_lists_keys_sizes_and_ages_under_a_prefix(store: BlobStore) -> None:
     before = datetime.now(UTC) - timedelta(minutes=1)
     ref = await store_upload(store, b"image bytes", "image/jpeg")
-    out = await store_output(store, "task1", "thumbs", "a.jpg", b"xy")
+    out = await store_output(store, "task1", "thumbs", "a.jpg", b"xy", source_sha256=ref.sha256)
     uploads = {blob.key: blob async for blob in store.scan("uploads")}
     assert list(uploads) == [ref.uri]
     assert uploads[ref.uri].size == len(b"image bytes")
@@ -73,12 +77,12 @@ async def test_scan_lists_keys_sizes_and_ages_under_a_prefix(store: BlobStore) -
     assert {blob.key async for blob in store.scan("")} == {ref.uri, out}
     assert [blob async for blob in store.scan("records")] == []
     await store.delete(out)
-    assert [blob.key async for blob in store.scan("outputs/thumbs")] == []
+    assert [blob.key async for blob in store.scan("outputs/ta")] == []
 
 
 async def test_gc_deletes_only_old_blobs_under_its_prefixes(store: BlobStore) -> None:
     ref = await store_upload(store, b"original", "image/jpeg")
-    out = await store_output(store, "task1", "thumbs", "a.jpg", b"xy")
+    out = await store_output(store, "task1", "thumbs", "a.jpg", b"xy", source_sha256=ref.sha256)
     later = datetime.now(UTC) + timedelta(days=10)  # everything is 10 days old then
     week = timedelta(days=7)
     dry = await gc.collect(store, older_than=week, dry_run=True, now=later)
@@ -156,7 +160,7 @@ async def test_symlink_escaping_the_root_is_refused(tmp_path: Path) -> None:
 async def test_file_store_leaves_no_temporary_files(tmp_path: Path) -> None:
     store = FileBlobStore(tmp_path / "blobs")
     await store_upload(store, b"bytes", "image/png")
-    await store_output(store, "task1", "thumbs", "a.jpg", b"x")
+    await store_output(store, "task1", "thumbs", "a.jpg", b"x", source_sha256="ab" * 32)
     await store.create("done/x", b"1")
     await store.create("done/x", b"2")
     assert not [p for p in store.root.rglob("*.tmp")]
@@ -173,7 +177,9 @@ async def test_keys_do_not_depend_on_where_the_store_is_mounted(tmp_path: Path) 
 @pytest.mark.parametrize("segment", ["..", ".hidden", "a/b", ""])
 def test_output_key_segments_are_validated(segment: str) -> None:
     with pytest.raises(BlobKeyError):
-        output_key(segment, "thumbs", "x.jpg")
+        output_key(segment, "thumbs", "x.jpg", source_sha256="ab" * 32)
+    with pytest.raises(BlobKeyError):
+        output_key("task1", "thumbs", "x.jpg", source_sha256=segment or "../" * 22)
 
 
 def test_store_urls(tmp_path: Path) -> None:

@@ -133,7 +133,7 @@ async def _chunks(count: int, size: int, seed: bytes = b"") -> AsyncIterator[byt
 async def test_keys_stay_under_the_prefix(store: S3BlobStore) -> None:
     ref = await store_upload(store, b"small", "image/png")
     big = await store.put_stream(_chunks(7, 1 << 20))  # multipart via staging
-    out = await store_output(store, "task1", "thumbs", "a.jpg", b"x")
+    out = await store_output(store, "task1", "thumbs", "a.jpg", b"x", source_sha256="ab" * 32)
     await store.create("done/thumbs/task1", b"1")
     prefix = store.settings.prefix
     token = prefix.rsplit("/", 1)[-1]

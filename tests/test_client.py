@@ -103,7 +103,9 @@ async def test_a_client_that_does_not_wait_reads_the_records(tmp_path: Path) -> 
         state = await client.get(handle.id)
         assert state.state == "queued"
         data = images.jpeg_bytes(16, 12)
-        key = await store_output(client.store, handle.id, group, "16.jpg", data)
+        key = await store_output(
+            client.store, handle.id, group, "16.jpg", data, source_sha256=handle.task.blob.sha256
+        )
         output = Output(name="16.jpg", uri=key, width=16, height=12, format="jpeg", bytes=len(data))
         result = make_result(handle.task, group).model_copy(update={"outputs": (output,)})
         await record_result(client.store, result)

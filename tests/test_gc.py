@@ -27,7 +27,7 @@ async def test_uploader_gc_deletes_originals_older_than_the_age(tmp_path: Path) 
     store = open_blobstore((tmp_path / "blobs").as_uri())
     old = await store_upload(store, b"old original", "image/jpeg")
     new = await store_upload(store, b"new original", "image/jpeg")
-    output = await store_output(store, "t1", "thumbs", "a.jpg", b"thumb")
+    output = await store_output(store, "t1", "thumbs", "a.jpg", b"thumb", source_sha256=old.sha256)
     _age(tmp_path, old.uri, 8)
     _age(tmp_path, output, 8)
 

@@ -91,12 +91,15 @@ def test_the_shell_blocks_run_as_written(place: tuple[Path, dict[str, str]]) -> 
         done = bash("set -e\n" + body + "\nwait\n", work, env)
         assert done.returncode == 0, f"{body}\n--- stdout\n{done.stdout}\n--- stderr\n{done.stderr}"
         assert "Traceback" not in done.stderr
-    # The README says where outputs land: outputs/<group>/<first two characters of the task
-    # id>/<task id>/<name>. The six photos and the -p task are there, as stated.
-    outputs = Path(env["PIXFLEET_HOME"]) / "blobs" / "outputs" / "thumbs"
-    tasks = [p for p in outputs.glob("*/*") if p.is_dir()]
+    # The README says where outputs land: outputs/<first two characters of the task id>/<task
+    # id>/<first 16 hex digits of the image's sha256>/<group>/<name>. The six photos and the
+    # -p task are there, as stated.
+    outputs = Path(env["PIXFLEET_HOME"]) / "blobs" / "outputs"
+    tasks = [p for p in outputs.glob("*/*/*/thumbs") if p.is_dir()]
     assert len(tasks) == 7
-    assert all(task.parent.name == task.name[:2] for task in tasks)
+    for task in tasks:
+        source, task_id, prefix = task.parent.name, task.parents[1].name, task.parents[2].name
+        assert (prefix, len(source)) == (task_id[:2], 16), task
     names = sorted(sorted(f.name for f in task.iterdir()) for task in tasks)
     assert names.count(["1024.jpg", "1024.webp", "256.jpg", "256.webp"]) == 6
     assert ["128.webp", "512.webp"] in names

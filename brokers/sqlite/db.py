@@ -20,6 +20,7 @@ import brokers.sqlite.views as views_tx
 from brokers.sqlite.schema import create_schema
 from brokers.sqlite.transactions import Claimed
 from pixfleet.errors import BrokerError, BrokerUnavailable
+from pixfleet.private import touch_private
 
 T = TypeVar("T")
 
@@ -48,13 +49,15 @@ class SqliteQueue:
     """Queue operations on one database file. Not thread-safe: one thread per instance.
 
     Opening creates the file, its directory and missing tables; raises
-    :class:`~pixfleet.errors.BrokerUnavailable` if that is impossible.
+    :class:`~pixfleet.errors.BrokerUnavailable` if that is impossible. A new file is created
+    0600 (and missing directories 0700) whatever the umask; SQLite gives its ``-wal`` and
+    ``-shm`` files the database file's mode.
     """
 
     def __init__(self, path: Path, *, busy_timeout: float, synchronous: str) -> None:
         self.path = path
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            touch_private(path)
             self._db = sqlite3.connect(
                 path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
             )

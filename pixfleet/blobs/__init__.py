@@ -69,9 +69,13 @@ async def store_upload(
     )
 
 
-async def store_output(store: BlobStore, task_id: str, group: str, name: str, data: bytes) -> str:
-    """Store (or overwrite) one output of a task; returns its key."""
-    return (await store.put(output_key(task_id, group, name), data)).key
+async def store_output(
+    store: BlobStore, task_id: str, group: str, name: str, data: bytes, *, source_sha256: str
+) -> str:
+    """Store (or overwrite) one output of a task made from the blob ``source_sha256``; returns
+    its key (:func:`~pixfleet.blobs.keys.output_key`)."""
+    key = output_key(task_id, group, name, source_sha256=source_sha256)
+    return (await store.put(key, data)).key
 
 
 async def _chunks(data: bytes, size: int = 1 << 20) -> AsyncIterator[bytes]:

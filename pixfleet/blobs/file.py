@@ -33,6 +33,7 @@ from pixfleet.errors import (
     InvalidURL,
 )
 from pixfleet.images import MAX_BYTES
+from pixfleet.private import FILE_MODE, make_private_dirs
 from pixfleet.settings import redact
 
 T = TypeVar("T")
@@ -154,24 +155,10 @@ class FileBlobStore:
 
 def _open_new(path: Path) -> BinaryIO:
     """A new file readable by its owner only (0600, whatever the umask)."""
-    _make_private_dirs(path.parent)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    os.fchmod(fd, 0o600)
+    make_private_dirs(path.parent)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    os.fchmod(fd, FILE_MODE)
     return os.fdopen(fd, "wb")
-
-
-def _make_private_dirs(directory: Path) -> None:
-    """Create ``directory`` and its missing parents with mode 0700, whatever the umask."""
-    missing = []
-    while not directory.exists():
-        missing.append(directory)
-        directory = directory.parent
-    for new in reversed(missing):
-        try:
-            os.mkdir(new, 0o700)
-        except FileExistsError:
-            continue
-        os.chmod(new, 0o700)
 
 
 def _entries(directory: Path) -> list[tuple[Path, tuple[int, datetime] | None]]:
@@ -200,7 +187,7 @@ def _fsync_file(fh: BinaryIO) -> None:
 def _publish_file(tmp: Path, path: Path, place: Callable[[Path, Path], None]) -> None:
     """Move (``os.replace``) or link (``os.link``: fails if ``path`` exists) ``tmp`` into place,
     then fsync the directory so the name survives a crash."""
-    _make_private_dirs(path.parent)
+    make_private_dirs(path.parent)
     place(tmp, path)
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:

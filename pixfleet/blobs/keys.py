@@ -6,8 +6,11 @@ every key with :func:`check_key` before touching anything; the file store additi
 symlinks and refuses any path that leaves its root.
 
 * uploads: ``uploads/<sha[:2]>/<sha[2:4]>/<sha256>`` - the same bytes are stored once;
-* outputs: ``outputs/<group>/<task[:2]>/<task id>/<name>`` - a redelivered task overwrites its
-  own outputs instead of adding copies.
+* outputs: ``outputs/<task[:2]>/<task id>/<sha256[:16]>/<group>/<name>`` - a redelivered task
+  overwrites its own outputs instead of adding copies, and the outputs are bound to the source
+  bytes: a task that re-uses a task id with another blob (forged, or a client's mistake) can
+  never write over the first task's outputs. 16 hex digits (64 bits) of the source's sha256 make
+  a second preimage out of reach; the worker also refuses such a task outright (``task.conflict``).
 """
 
 from __future__ import annotations
@@ -37,12 +40,15 @@ def upload_key(sha256: str) -> str:
     return f"uploads/{sha256[:2]}/{sha256[2:4]}/{sha256}"
 
 
-def output_key(task_id: str, group: str, name: str) -> str:
-    """Where output ``name`` of ``task_id`` in ``group`` lives (a redelivery overwrites it)."""
+def output_key(task_id: str, group: str, name: str, *, source_sha256: str) -> str:
+    """Where output ``name`` of ``task_id`` made from the blob ``source_sha256`` by ``group``
+    lives (a redelivery overwrites it)."""
+    if not _SHA256.fullmatch(source_sha256):
+        raise BlobKeyError(f"not a sha256 digest: {source_sha256!r}")
     for segment in (task_id, group, name):
         if not _SEGMENT.fullmatch(segment):
             raise BlobKeyError(f"unsafe key segment {segment!r}")
-    return f"outputs/{group}/{task_id[:2]}/{task_id}/{name}"
+    return f"outputs/{task_id[:2]}/{task_id}/{source_sha256[:16]}/{group}/{name}"
 
 
 def verify(key: str, data: bytes, *, sha256: str, size: int) -> bytes:

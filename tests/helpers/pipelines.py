@@ -106,3 +106,18 @@ def broken_until_fixed(data: bytes, params: Mapping[str, Any], limits: Limits) -
     if not Path(str(rest.pop("fixed"))).exists():
         raise BlobUnavailable("simulated outage: the cause is not fixed yet")
     return thumbs.run(data, rest, limits)
+
+
+def raises(data: bytes, params: Mapping[str, Any], limits: Limits) -> PipelineOutput:
+    """Fail with a plain exception (a pipeline's bug), unless told this is a good image."""
+    if params.get("good"):
+        return thumbs.run(data, {}, limits)
+    missing: dict[str, PipelineOutput] = {}
+    return missing["output"]  # KeyError, on purpose
+
+
+def garbage(data: bytes, params: Mapping[str, Any], limits: Limits) -> PipelineOutput:
+    """Return something that is not a PipelineOutput (the worker fails on it, not the pool)."""
+    if params.get("good"):
+        return thumbs.run(data, {}, limits)
+    return None  # type: ignore[return-value] # reason: garbage on purpose

@@ -172,7 +172,9 @@ async def test_task_state_comes_from_the_completion_records(api: Api) -> None:
     assert queued["state"] == "queued" and queued["results"] == []
     task = await read_task(api.store, task_id)
     assert task is not None
-    key = await store_output(api.store, task_id, "thumbs", "256.jpg", JPEG)
+    key = await store_output(
+        api.store, task_id, "thumbs", "256.jpg", JPEG, source_sha256=task.blob.sha256
+    )
     output = Output(name="256.jpg", uri=key, width=320, height=240, format="jpeg", bytes=len(JPEG))
     await record_result(
         api.store, make_result(task, "thumbs").model_copy(update={"outputs": (output,)})

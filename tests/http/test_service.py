@@ -65,7 +65,9 @@ async def test_events_end_without_done_when_draining(api: Api) -> None:
 
 
 async def test_outputs_are_served_with_type_etag_and_cache_headers(api: Api) -> None:
-    key = await store_output(api.store, "t1", "thumbs", "256.webp", b"RIFF....WEBPVP8 ")
+    key = await store_output(
+        api.store, "t1", "thumbs", "256.webp", b"RIFF....WEBPVP8 ", source_sha256="ab" * 32
+    )
     response = await api.client.get(f"/v1/outputs/{key}")
     assert response.status_code == 200
     assert response.headers["content-type"] == "image/webp"
