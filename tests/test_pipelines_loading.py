@@ -52,7 +52,7 @@ def test_a_module_in_the_current_directory_runs_in_the_pool(tmp_path: Path) -> N
                     "--burst", "-c", "1", cwd=work, env=env)  # fmt: skip
     assert served.returncode == 0, served.stderr
     assert "worker stopped: 1 ok, 0 failed" in served.stderr
-    outputs = list((tmp_path / "home" / "blobs" / "outputs" / "grey").rglob("grey-64.jpg"))
+    outputs = list((tmp_path / "home" / "blobs" / "outputs").rglob("grey/grey-64.jpg"))
     assert len(outputs) == 1
 
 

@@ -87,7 +87,8 @@ async def test_each_task_published_twice_gives_one_result_and_one_output_set(
     # first recorded result and stays silent, so executions may exceed N, results never do.
     row.report.assert_clean(max_extra=len(tasks))
     assert set(row.exit_codes.values()) == {0}
-    outputs = Counter(p.parent.name for p in (bench.store.root / "outputs").rglob("*.jpg"))
+    # outputs/<id[:2]>/<task id>/<sha256[:16]>/<group>/<name>
+    outputs = Counter(p.parents[2].name for p in (bench.store.root / "outputs").rglob("*.jpg"))
     assert outputs == Counter({t.id: 1 for t in tasks})  # one output set per task id
 
 
