@@ -4,13 +4,18 @@ dead-letter view, on every transport URL of ``tests/conftest.py:BROKER_KINDS``."
 from __future__ import annotations
 
 import asyncio
+import importlib
 from contextlib import aclosing
 from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
 
 from brokers import open_transport
 from brokers.contract import Transport
 from pixfleet.envelope import Task
-from tests.conftest import BrokerUnderTest
+from pixfleet.errors import BrokerError, PublishFailed
+from tests.conftest import BrokerUnderTest, kafka_under_test
 from tests.contract.test_transport_contract import WAIT, drain
 from tests.helpers.raw import inject_raw
 from tests.helpers.tasks import make_task, unique
@@ -87,3 +92,60 @@ async def test_purge_removes_the_waiting_tasks_of_one_group(broker: BrokerUnderT
         assert (await transport.stats(group)).ready == 0
         assert await drain(transport, group) == []
         assert {d.message.id for d in await drain(transport, other)} == {t.id for t in tasks}
+
+
+#: Where each transport re-publishes one dead task during a replay (SQLite has no such step:
+#: its replay is one transaction, interrupted here while it picks the tasks).
+REPUBLISH = {
+    "sqlite": ("brokers.sqlite.admin", "replayable"),
+    "amqp": ("brokers.amqp.admin", "AmqpAdmin._publish"),
+    "kafka": ("brokers.kafka.admin", "KafkaAdmin._republish"),
+}
+
+
+async def test_a_replay_that_fails_half_way_loses_no_task(
+    broker: BrokerUnderTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    group = unique("f")
+    tasks = [make_task(group) for _ in range(2)]
+    async with open_transport(broker.url) as transport:
+        for task in tasks:
+            await transport.publish(task)
+        await _kill(transport, group, "error[image.invalid]: bad")
+        module_name, attr = REPUBLISH[broker.kind]
+        owner: object = importlib.import_module(module_name)
+        if "." in attr:
+            class_name, attr = attr.split(".")
+            owner = getattr(owner, class_name)
+        real = getattr(owner, attr)
+        calls = 0
+
+        def second_fails(*args: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 2:
+                raise PublishFailed("the broker did not confirm the replay")
+            return real(*args)
+
+        monkeypatch.setattr(owner, attr, second_fails)
+        with pytest.raises(PublishFailed):
+            await transport.replay_dead_letters(group)
+        monkeypatch.undo()
+        dead = {d.task_id for d in await transport.dead_letters(group)}
+        ready = {d.message.id for d in await drain(transport, group)}
+        assert dead | ready == {t.id for t in tasks}  # each still dead, or ready, or both
+        assert calls == 2
+
+
+async def test_kafka_refuses_to_purge_a_group_with_a_live_member(
+    kafka_session_url: str,
+) -> None:
+    broker, group = kafka_under_test(kafka_session_url), unique("live")
+    async with open_transport(broker.url) as transport:
+        await transport.publish(make_task(group))
+        await transport.publish(make_task(group))
+        async with asyncio.timeout(WAIT), aclosing(transport.consume(group, prefetch=1)) as it:
+            delivery = await anext(it)  # a member of the group holds one task
+            with pytest.raises(BrokerError, match="live members"):
+                await transport.purge(group)
+            await delivery.ack()
