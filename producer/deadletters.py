@@ -18,7 +18,7 @@ from datetime import datetime
 from brokers.contract import DeadLetter, Transport
 from pixfleet.blobs import BlobStore
 from pixfleet.envelope import decode_task
-from pixfleet.errors import DeadLetterNotFound, EnvelopeError
+from pixfleet.errors import BlobError, DeadLetterNotFound, EnvelopeError
 from pixfleet.records import forget_error, read_result
 
 #: Dead letters a replay or a purge looks at per group.
@@ -58,7 +58,10 @@ async def dead_tasks(
 async def _describe(store: BlobStore, group: str, letter: DeadLetter) -> DeadTask:
     attempts, last_error = letter.attempts, letter.last_error
     if letter.task_id is not None and attempts is None:
-        recorded = await read_result(store, letter.task_id, group)
+        try:
+            recorded = await read_result(store, letter.task_id, group)
+        except (EnvelopeError, BlobError):  # unreadable or unsigned: the dead letter says enough
+            recorded = None
         if recorded is not None and recorded.error is not None:
             attempts = recorded.attempt
             last_error = f"error[{recorded.error.code}]: {recorded.error.message}"

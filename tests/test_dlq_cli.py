@@ -20,15 +20,16 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
-from brokers import Transport, open_transport
+from brokers import DeadLetter, Transport, open_transport
 from consumers.events import WorkerStats
 from consumers.pipelines import resolve
 from consumers.pool import PipelinePool
 from consumers.worker import Worker, WorkerSettings
 from pixfleet.blobs import open_blobstore, store_upload
 from pixfleet.blobs.memory import MemoryBlobStore
-from pixfleet.envelope import Task
-from pixfleet.records import forget_error, read_result, record_result
+from pixfleet.envelope import Task, encode
+from pixfleet.records import forget_error, read_result, record_result, result_key
+from producer import deadletters
 from producer.cli import app
 from tests.conftest import BrokerUnderTest
 from tests.helpers import images
@@ -188,3 +189,15 @@ async def test_replay_forgets_error_records_never_ok_ones() -> None:
     assert await forget_error(store, done.id, "g") is False
     recorded = await read_result(store, done.id, "g")
     assert recorded is not None and recorded.status == "ok"
+
+
+async def test_listing_survives_an_unreadable_error_record() -> None:
+    store, task = MemoryBlobStore(), make_task("g")
+    await store.put(result_key(task.id, "g"), b"{not a record")  # forged, or unsigned
+    letter = DeadLetter(encode(task), "error[image.invalid]: bad", task_id=task.id)
+    row = await deadletters._describe(store, "g", letter)  # attempts unknown: records read
+    assert (row.task_id, row.attempts, row.last_error) == (task.id, None, "")
+    await store.delete(result_key(task.id, "g"))
+    await record_result(store, make_result(task, "g", ok=False))
+    row = await deadletters._describe(store, "g", letter)
+    assert (row.attempts, row.last_error) == (1, "error[image.invalid]: x")
