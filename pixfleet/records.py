@@ -59,10 +59,15 @@ async def bind_task(store: BlobStore, task: Task) -> Task:
     """The recorded task of ``task.id`` - recorded now if there was none - provided it names
     the same blob (sha256) as ``task``; else :class:`~pixfleet.errors.TaskConflict`."""
     recorded = await read_task(store, task.id) or await record_task(store, task)
+    return same_blob(recorded, task)
+
+
+def same_blob(recorded: Task, task: Task) -> Task:
+    """``recorded`` if it names the blob ``task`` names; else :class:`TaskConflict`."""
     if recorded.blob.sha256 != task.blob.sha256:
         raise TaskConflict(
             f"task id {task.id} is bound to blob sha256 {recorded.blob.sha256[:16]}..., this"
-            f" task names {task.blob.sha256[:16]}...: refused (not run, not answered)"
+            f" task names {task.blob.sha256[:16]}...: refused"
         )
     return recorded
 

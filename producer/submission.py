@@ -35,7 +35,7 @@ from pixfleet import tracing
 from pixfleet.blobs import BlobStore, store_upload
 from pixfleet.envelope import BlobRef, Result, Task, is_group_name
 from pixfleet.errors import ConfigError, ResultTimeout
-from pixfleet.records import read_result, record_task
+from pixfleet.records import read_result, record_task, same_blob
 from producer.inspect import Candidate
 
 log = logging.getLogger(__name__)
@@ -164,10 +164,10 @@ class Submission:
 
         ``task_id`` is an idempotency key: a task id submitted before keeps its first record,
         and the republished task is answered from the completion record instead of running
-        twice (workers check it), so a client retry never makes a second result."""
+        twice (workers check it): no second result. Other bytes: ``task.conflict``."""
         with tracing.span("pixfleet.enqueue", attributes={"pixfleet.filename": filename}) as trace:
             task = self._new_task(ref, filename, task_id, options or self.options, trace)
-            recorded = await record_task(self._store, task)
+            recorded = same_blob(await record_task(self._store, task), task)
             if recorded.id == task.id and recorded is not task:
                 log.info("task %s was submitted before; publishing it again", task.id)
             # Expected before the publish: a fast reply read by a running results() is no stray.

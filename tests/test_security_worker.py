@@ -13,9 +13,12 @@ from brokers import open_transport
 from consumers.pipelines import Pipeline, thumbs
 from consumers.pool import PipelinePool
 from pixfleet.blobs.file import FileBlobStore
+from pixfleet.blobs.memory import MemoryBlobStore
 from pixfleet.envelope import BlobRef, Result, Task
-from pixfleet.errors import InternalError, MemoryLimitExceeded, PipelineError
+from pixfleet.errors import InternalError, MemoryLimitExceeded, PipelineError, TaskConflict
 from pixfleet.images import ImageTooCostly, Limits, check_jpeg_scans, jpeg_scans
+from producer.inspect import vet
+from producer.submission import Submission, SubmitOptions
 from tests.helpers import images, jpegs, pipelines
 from tests.helpers.pngs import worst_png
 from tests.helpers.workrig import WorkRig
@@ -139,3 +142,20 @@ async def test_blobs_are_fetched_in_the_pool_slot_not_all_at_once(
     assert all([r.status for r in answers[t.id]] == ["ok"] for t in tasks)
     gaps = [b - a for a, b in zip(watched.fetched, watched.fetched[1:], strict=False)]
     assert len(watched.fetched) == 3 and min(gaps) > 0.25, gaps  # one blob in memory at a time
+
+
+async def test_a_task_id_submitted_again_with_other_bytes_is_refused_before_publishing(
+    tmp_path: Path,
+) -> None:
+    store, group = MemoryBlobStore(), "thumbs"
+    options = SubmitOptions(groups=(group,))
+    async with open_transport(f"sqlite:///{tmp_path / 'broker.db'}") as transport:
+        async with Submission(
+            queue=transport, replies=transport, store=store, options=options
+        ) as s:
+            first = await s.submit(vet(images.jpeg_bytes(seed=1), "a.jpg"), task_id="order-1")
+            again = await s.submit(vet(images.jpeg_bytes(seed=1), "a.jpg"), task_id="order-1")
+            with pytest.raises(TaskConflict):
+                await s.submit(vet(images.jpeg_bytes(seed=2), "b.jpg"), task_id="order-1")
+        assert again.blob == first.blob
+        assert (await transport.stats(group)).ready == 2  # the conflicting one never went out
