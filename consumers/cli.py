@@ -80,6 +80,11 @@ UnhealthyAfterOpt = typer.Option(
     envvar="PIXFLEET_UNHEALTHY_AFTER",
     help="/healthz fails once the worker has been reconnecting for this many seconds.",
 )
+ProgressEveryOpt = typer.Option(
+    1.0,
+    envvar="PIXFLEET_PROGRESS_EVERY",
+    help="Seconds between a task's progress reports (the first after as long); <0: none.",
+)
 
 
 @app.command("run")
@@ -100,11 +105,11 @@ def run_cmd(
     metrics_port: int = MetricsPortOpt,
     unhealthy_after: float = UnhealthyAfterOpt,
     memory_limit: int = MemoryLimitOpt,
+    progress_every: float = ProgressEveryOpt,
     log_level: LogLevel | None = LogLevelOpt,
     debug: bool = typer.Option(False, "--debug", help="Print tracebacks."),
 ) -> None:
-    """Serve GROUP until SIGTERM/SIGINT (which drain in-flight tasks) or, with --burst, until
-    its backlog is empty."""
+    """Serve GROUP until SIGTERM/SIGINT (which drains) or, with --burst, its backlog is empty."""
     config = settings_or_fail(broker=broker, blobs=blobs, log_level=log_level)
     configure_logging("debug" if debug else effective_level(log_level, config.log_level, "info"))
     if not is_group_name(group):
@@ -114,6 +119,7 @@ def run_cmd(
         limits=Limits(max_pixels=max_pixels, max_bytes=max_bytes, timeout=timeout),
         delivery_limit=delivery_limit, retry_backoff=retry_backoff,
         drain_timeout=drain_timeout, burst=burst, memory_limit_mb=memory_limit,
+        progress_every=progress_every,
     )  # fmt: skip
     urls = checked_urls(config)
     health = _Health(metrics_port, unhealthy_after)

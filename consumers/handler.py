@@ -19,6 +19,7 @@ from consumers.events import EventFanout
 from consumers.health import Health
 from consumers.pipelines.base import Pipeline
 from consumers.pool import PipelinePool
+from consumers.progress import ProgressReporter
 from consumers.settings import WorkerSettings
 from consumers.steps import check_admissible, error_result, ok_result, store_outputs
 from consumers.timing import Steps
@@ -202,7 +203,15 @@ class Handler:
     async def _execute(self, task: Task, attempt: int) -> Result:
         """Check, fetch, process, store; the ``ok`` result. Raises :class:`PixfleetError`."""
         s = self.settings
-        steps = Steps(task, self.events)
+        progress = ProgressReporter(self.blobs, task, s.group, self.info, every=s.progress_every)
+        try:
+            return await self._run(task, attempt, progress)
+        finally:
+            await progress.aclose()
+
+    async def _run(self, task: Task, attempt: int, progress: ProgressReporter) -> Result:
+        s = self.settings
+        steps = Steps(task, self.events, progress)
         check_admissible(task, s.limits)
         with steps.step("queue"):
             await self._slots.acquire()
@@ -216,7 +225,9 @@ class Handler:
             self.busy -= 1
             self._slots.release()
         with steps.step("store"):
-            outputs = await store_outputs(self.blobs, task, s.group, out.renditions)
+            outputs = await store_outputs(
+                self.blobs, task, s.group, out.renditions, on_stored=progress.stored
+            )
         return ok_result(
             task,
             out,

@@ -56,6 +56,7 @@ class WorkerSettings:
     burst: bool = False
     reply_grace: float = REPLY_GRACE  # see consumers.completion
     memory_limit_mb: int = MEMORY_LIMIT_MB  # address space of each pool process; 0: no cap
+    progress_every: float = 1.0  # seconds between progress reports (consumers.progress); <0: off
 
     def __post_init__(self) -> None:
         """Out-of-range values are a :class:`~pixfleet.errors.ConfigError`."""

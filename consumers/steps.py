@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
 from consumers.pipelines.base import PipelineOutput, Rendition
@@ -25,12 +25,18 @@ def check_admissible(task: Task, limits: Limits) -> None:
 
 
 async def store_outputs(
-    store: BlobStore, task: Task, group: str, renditions: Iterable[Rendition]
+    store: BlobStore,
+    task: Task,
+    group: str,
+    renditions: Iterable[Rendition],
+    on_stored: Callable[[int, int, str], None] | None = None,
 ) -> tuple[Output, ...]:
     """Write each rendition under its key, derived from the task id and its blob's hash (a
-    redelivery overwrites the same keys; a task id re-used with other bytes cannot)."""
+    redelivery overwrites the same keys; a task id re-used with other bytes cannot);
+    ``on_stored(done, total, name)`` hears each one written."""
+    todo = tuple(renditions)
     outputs = []
-    for r in renditions:
+    for r in todo:
         key = await store_output(
             store, task.id, group, r.name, r.data, source_sha256=task.blob.sha256
         )
@@ -44,6 +50,8 @@ async def store_outputs(
                 bytes=len(r.data),
             )
         )
+        if on_stored is not None:
+            on_stored(len(outputs), len(todo), r.name)
     return tuple(outputs)
 
 

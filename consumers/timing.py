@@ -3,8 +3,9 @@
 Each step (``fetch``, ``queue``, ``process``, ``store``, ``reply``) is a child span of the
 delivery's ``pixfleet.task`` span (:mod:`pixfleet.tracing`; a no-op without OpenTelemetry), and
 its duration goes to the result's ``timings_ms`` and to the listener's
-:meth:`~consumers.events.WorkerEvents.step_timed` (the step histogram of ``/metrics``). A step
-that raises is still timed and reported; the span records the exception.
+:meth:`~consumers.events.WorkerEvents.step_timed` (the step histogram of ``/metrics``); its
+start is a progress report (:class:`~consumers.progress.ProgressReporter`). A step that raises
+is still timed and reported; the span records the exception.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from consumers.events import WorkerEvents
+from consumers.progress import ProgressReporter
 from pixfleet import tracing
 from pixfleet.envelope import Task
 
@@ -21,15 +23,20 @@ from pixfleet.envelope import Task
 class Steps:
     """Times the steps of one run of ``task`` (see the module docstring)."""
 
-    def __init__(self, task: Task, events: WorkerEvents) -> None:
+    def __init__(
+        self, task: Task, events: WorkerEvents, progress: ProgressReporter | None = None
+    ) -> None:
         self._task = task
         self._events = events
+        self._progress = progress
         self._started = time.perf_counter()
         self._ms: dict[str, float] = {}
 
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
         started = time.perf_counter()
+        if self._progress is not None:
+            self._progress.report(name)
         try:
             with tracing.span(name):
                 yield

@@ -119,7 +119,7 @@ class Client:
                 queue=transport, replies=transport, store=store, options=self._defaults
             )
             await stack.enter_async_context(sub)
-            router = ReplyRouter(sub)
+            router = ReplyRouter(sub, store=store)
             stack.push_async_callback(router.stop)  # before the submission hands over
             self._stack = stack.pop_all()
         self._transport, self._store, self._sub, self._router = transport, store, sub, router

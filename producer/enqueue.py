@@ -195,6 +195,11 @@ async def _wait(client: Client, batch: _Batch, display: Display) -> int:
     locate = client.store.url_for
     counts: Counter[str] = Counter()
     display.waiting(len(client.pending))
+    if not batch.as_json:  # a running task's progress, above the display (stdout: results only)
+        client.router.on_progress = lambda p: display.warn(
+            render.progress_line(p, names.get(p.task_id, ""))
+        )
+        client.router.start()
     watch = watch_consumers(
         client.transport, lambda: {group for _, group in client.pending}, display.warn
     )

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 
 from pixfleet.envelope import Result, Task
 from pixfleet.errors import PixfleetError
+from pixfleet.progress import Progress
 from pixfleet.records import TaskState
 
 #: Turns a store-relative key into something a user can open (a URL); see ``BlobStore.url_for``.
@@ -162,3 +163,10 @@ def pending_json(error: PixfleetError, pending: Sequence[tuple[Task, Sequence[st
             ],
         }
     )
+
+
+def progress_line(progress: Progress, filename: str) -> str:
+    """``<file> [group]: store 2/4 (256.jpg)`` - one progress report, for stderr."""
+    count = f" {progress.done}/{progress.total}" if progress.total else ""
+    about = f" ({progress.message})" if progress.message else ""
+    return f"{filename or progress.task_id} [{progress.group}]: {progress.step}{count}{about}"

@@ -5,27 +5,45 @@ first), so :class:`ReplyRouter` runs one background task over
 :meth:`~producer.submission.Submission.results` whenever something is pending and hands each
 result to whoever waits for it: :meth:`ReplyRouter.wait` (one task and group) and
 :meth:`ReplyRouter.stream` (every result, in arrival order).
+
+With :attr:`ReplyRouter.on_progress` set (and a blob store), a second background task follows
+the progress reports of pending pairs (:mod:`pixfleet.progress`: advisory, never a result) every
+:data:`PROGRESS_POLL` seconds - at most :data:`PROGRESS_PAIRS` pairs a look - and hands each new
+one to it, typed as :class:`~pixfleet.progress.Progress`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
+from datetime import datetime
 
+from pixfleet.blobs import BlobStore
 from pixfleet.envelope import Result
 from pixfleet.errors import PixfleetError, ResultTimeout
+from pixfleet.progress import Progress, read_progress
 from producer.submission import Submission
 
+log = logging.getLogger(__name__)
+
 Pair = tuple[str, str]  # (task id, group)
+
+#: Seconds between two looks at the progress reports of pending pairs, and most pairs a look.
+PROGRESS_POLL = 2.0
+PROGRESS_PAIRS = 64
 
 
 class ReplyRouter:
     """Fans the results of one waiting :class:`Submission` out to its waiters."""
 
-    def __init__(self, submission: Submission) -> None:
+    def __init__(self, submission: Submission, *, store: BlobStore | None = None) -> None:
         self._sub = submission
+        self._store = store
+        self.on_progress: Callable[[Progress], None] | None = None
+        self._following: asyncio.Task[None] | None = None
         self.done: dict[Pair, Result] = {}
         self._waiters: dict[Pair, list[asyncio.Future[Result]]] = {}
         self._arrivals: asyncio.Queue[Result | Exception] = asyncio.Queue()
@@ -81,12 +99,32 @@ class ReplyRouter:
         if self._pump is None or self._pump.done():
             self._pump = asyncio.create_task(self._read(), name="pixfleet-client-replies")
             self._pump.add_done_callback(self._ended)
+        if self.on_progress is not None and (self._following is None or self._following.done()):
+            self._following = asyncio.create_task(self._follow_progress())
 
     async def stop(self) -> None:
-        pump, self._pump = self._pump, None
-        if pump is not None:
-            pump.cancel()
-            await asyncio.wait([pump])  # its CancelledError stays in it; ours would propagate
+        for task in (self._pump, self._following):
+            if task is not None:
+                task.cancel()
+                await asyncio.wait([task])  # its CancelledError stays in it; ours would propagate
+        self._pump = self._following = None
+
+    async def _follow_progress(self) -> None:
+        """Hand each new progress report of a pending pair to :attr:`on_progress`."""
+        seen: dict[Pair, datetime] = {}
+        while self.pending and self._store is not None:
+            await asyncio.sleep(PROGRESS_POLL)
+            for pair in sorted(self.pending)[:PROGRESS_PAIRS]:
+                try:
+                    progress = await read_progress(self._store, *pair)
+                except PixfleetError as exc:  # advisory: the next look tries again
+                    log.debug("progress of %s unreadable: %s", pair, exc.one_line())
+                    continue
+                if progress is None or seen.get(pair) == progress.at or pair in self.done:
+                    continue
+                seen[pair] = progress.at
+                if self.on_progress is not None:
+                    self.on_progress(progress)
 
     async def _read(self) -> None:
         """Read the reply channel whenever something is pending. A broker error fails the

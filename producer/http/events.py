@@ -11,6 +11,11 @@ The stream also ends without ``done`` after ``sse_max`` seconds and when the ins
 draining, so long waits and deploys never pin an instance; comments (``: keep-alive``) every
 ``sse_heartbeat`` seconds keep proxies from timing the connection out. Responses carry
 ``X-Accel-Buffering: no`` so nginx passes each event on at once.
+
+While a group is pending, its latest progress report (:mod:`pixfleet.progress`, kept in the
+blob store by the worker, rate-limited) is forwarded as a ``progress`` event whenever it
+changed since the last look - advisory, never a result: a client that reconnects gets the latest
+report again, and a ``result`` event supersedes it.
 """
 
 from __future__ import annotations
@@ -19,10 +24,12 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any
 
 from pixfleet.envelope import Result, Task
-from pixfleet.errors import PixfleetError
+from pixfleet.errors import EnvelopeError, PixfleetError
+from pixfleet.progress import Progress, read_progress
 from pixfleet.records import TaskState, read_result
 from producer.http.errors import error_body
 from producer.http.services import Services
@@ -60,11 +67,13 @@ async def _events(task: Task, svc: Services, root: str) -> AsyncIterator[str]:
     settings = svc.settings
     pending = list(task.groups)
     found: dict[str, Result] = {}
+    reported: dict[str, datetime] = {}  # group -> time of the last progress report sent
     deadline = _now() + settings.sse_max
     beat = _now() + settings.sse_heartbeat
     while pending:
         try:
             new = await _recorded(svc, task.id, pending)
+            progressed = await _progressed(svc, task.id, pending, reported)
         except PixfleetError as exc:
             log.warning("event stream of task %s: %s", task.id, exc.one_line())
             yield sse("stream_error", error_body(exc.code, exc.message))
@@ -72,6 +81,8 @@ async def _events(task: Task, svc: Services, root: str) -> AsyncIterator[str]:
         for result in new:
             found[result.group] = result
             yield sse("result", _dump(result, root, task.filename), event_id=result.group)
+        for progress in progressed:
+            yield sse("progress", progress.model_dump(mode="json", exclude={"v", "kind"}))
         now = _now()
         if pending and (svc.draining or now >= deadline):
             return  # the client reconnects, perhaps to another instance
@@ -92,6 +103,23 @@ async def _recorded(svc: Services, task_id: str, pending: list[str]) -> list[Res
         if result is not None:
             pending.remove(group)
             new.append(result)
+    return new
+
+
+async def _progressed(
+    svc: Services, task_id: str, pending: list[str], reported: dict[str, datetime]
+) -> list[Progress]:
+    """The progress reports of groups in ``pending`` that are newer than the last ones sent."""
+    new = []
+    for group in pending:
+        try:
+            progress = await read_progress(svc.store, task_id, group)
+        except EnvelopeError as exc:  # a damaged report is not worth ending the stream for
+            log.debug("progress of %s [%s] unreadable: %s", task_id, group, exc.one_line())
+            continue
+        if progress is not None and progress.at != reported.get(group):
+            reported[group] = progress.at
+            new.append(progress)
     return new
 
 
