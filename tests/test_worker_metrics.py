@@ -171,13 +171,11 @@ def test_metrics_move_and_healthz_follows_the_broker(outage: Outage, tmp_path: P
     try:
         _wait_for(lambda: _get(f"{base}/healthz") == (200, "consuming\n"), 30, "healthy")
         queued = subprocess.run(
-            [
-                *(sys.executable, "-m", "producer", "enqueue", str(photos), "-g", group),
-                *("--wait", "--timeout", "60"),
-            ],
+            [sys.executable, "-m", "producer", "enqueue", str(photos), "-g", group],
             env=env,
             capture_output=True,
             text=True,
+            timeout=80,
             check=False,
         )
         assert queued.returncode == 0, queued.stderr
@@ -186,7 +184,7 @@ def test_metrics_move_and_healthz_follows_the_broker(outage: Outage, tmp_path: P
             return _get(f"{base}/metrics")[1]
 
         ok = {"group": group, "outcome": "ok"}
-        _wait_for(lambda: _sample(metrics(), "pixfleet_worker_tasks_total", **ok) == 10, 10, "ok")
+        _wait_for(lambda: _sample(metrics(), "pixfleet_worker_tasks_total", **ok) == 10, 60, "ok")
         body = metrics()
         assert (
             _sample(body, "pixfleet_worker_step_seconds_count", group=group, step="process") == 10
