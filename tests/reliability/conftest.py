@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -10,13 +9,8 @@ from urllib.parse import parse_qsl, urlencode
 
 import pytest
 
-from brokers import open_transport
-from pixfleet.blobs.file import FileBlobStore
-from pixfleet.errors import PixfleetError
 from tests.conftest import BrokerUnderTest
-from tests.helpers.tasks import unique
-from tests.reliability.ledger import Ledger
-from tests.reliability.rows import Bench
+from tests.reliability.rows import Bench, open_bench
 
 #: SQLite lease for the suite. The contract tests' 1 s lease expires under a *live* worker whose
 #: settle waits for the write lock on 2 busy cores: the delivery is then delivered twice while
@@ -26,7 +20,7 @@ from tests.reliability.rows import Bench
 SQLITE_LEASE = "10"
 
 
-def _suite_broker(broker: BrokerUnderTest) -> BrokerUnderTest:
+def suite_broker(broker: BrokerUnderTest) -> BrokerUnderTest:
     if broker.kind != "sqlite":
         return broker
     base, _, query = broker.url.partition("?")
@@ -37,19 +31,5 @@ def _suite_broker(broker: BrokerUnderTest) -> BrokerUnderTest:
 @pytest.fixture
 async def bench(broker: BrokerUnderTest, tmp_path: Path) -> AsyncIterator[Bench]:
     """A fresh group, blob store, ledger and private reply channel on ``broker``."""
-    broker = _suite_broker(broker)
-    async with open_transport(broker.url) as transport:
-        channel = await transport.open_reply_channel()
-        try:
-            yield Bench(
-                root=tmp_path,
-                broker=broker,
-                transport=transport,
-                store=FileBlobStore(tmp_path / "blobs"),
-                ledger=Ledger(tmp_path / "ledger"),
-                group=unique("rel"),
-                channel=channel,
-            )
-        finally:
-            with contextlib.suppress(PixfleetError):
-                await transport.close_reply_channel(channel)
+    async with open_bench(suite_broker(broker), tmp_path) as opened:
+        yield opened

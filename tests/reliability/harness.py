@@ -141,9 +141,10 @@ class RawResults:
     ``async with RawResults(transport, channel) as raw:`` reads in the background; after the
     block, :meth:`drain` reads whatever is left (``until_empty``)."""
 
-    def __init__(self, transport: Transport, channel: str) -> None:
+    def __init__(self, transport: Transport, channel: str, *, prefetch: int = 64) -> None:
         self.transport = transport
         self.channel = channel
+        self.prefetch = prefetch
         self.results: list[Result] = []
         self.answered: set[str] = set()
         self._reader: asyncio.Task[None] | None = None
@@ -162,7 +163,9 @@ class RawResults:
         await self._read(until_empty=True)
 
     async def _read(self, *, until_empty: bool) -> None:
-        stream = self.transport.replies(self.channel, until_empty=until_empty)
+        stream = self.transport.replies(
+            self.channel, prefetch=self.prefetch, until_empty=until_empty
+        )
         async with aclosing(stream) as deliveries:
             async for delivery in deliveries:
                 self.results.append(delivery.message)
@@ -180,6 +183,7 @@ class Run:
     log: PublishLog
     ledger: Ledger
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    published: asyncio.Event = field(default_factory=asyncio.Event)  # every publish returned
 
     @property
     def group(self) -> str:

@@ -8,22 +8,25 @@ uses (``kill_every``, ``terminate``, ``respawn``) - write another the same way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import JsonValue
 
-from brokers import Transport
+from brokers import Transport, open_transport
 from pixfleet.blobs import store_upload
 from pixfleet.blobs.file import FileBlobStore
 from pixfleet.envelope import BlobRef, Result, Task
+from pixfleet.errors import PixfleetError
 from tests.conftest import BrokerUnderTest
 from tests.helpers import images
+from tests.helpers.tasks import unique
 from tests.reliability.checker import Report, check
 from tests.reliability.harness import (
     Fault,
@@ -73,6 +76,27 @@ class Bench:
         )
 
 
+@contextlib.asynccontextmanager
+async def open_bench(broker: BrokerUnderTest, root: Path) -> AsyncIterator[Bench]:
+    """A fresh group, blob store, ledger and private reply channel on ``broker``, under
+    ``root``."""
+    async with open_transport(broker.url) as transport:
+        channel = await transport.open_reply_channel()
+        try:
+            yield Bench(
+                root=root,
+                broker=broker,
+                transport=transport,
+                store=FileBlobStore(root / "blobs"),
+                ledger=Ledger(root / "ledger"),
+                group=unique("rel"),
+                channel=channel,
+            )
+        finally:
+            with contextlib.suppress(PixfleetError):
+                await transport.close_reply_channel(channel)
+
+
 @dataclass(frozen=True)
 class Driven:
     """A finished row: its report, the exit codes (by pid) of the workers stopped at the end
@@ -103,29 +127,37 @@ async def drive(
     tasks: Sequence[Task],
     workers: int = 3,
     fault: Fault | None = None,
+    prelude: Fault | None = None,
+    worker_url: str | None = None,
+    reader_prefetch: int = 64,
     expected_runs: Mapping[str, int] | None = None,
     expected_dead: Iterable[str] = (),
     timeout: float = 150.0,
 ) -> Driven:
-    """Run a row (see :mod:`tests.reliability.harness`)."""
+    """Run a row (see :mod:`tests.reliability.harness`). ``prelude`` acts on the idle fleet
+    before anything is published (an outage it must ride out); ``worker_url`` is where the
+    workers connect (a proxy), if not where the bench does; ``reader_prefetch`` bounds the
+    raw results a broker restart can hand the reader twice (those it had not acked yet)."""
     limit = str(bench.broker.delivery_limit)
     fleet = WorkerFleet(
-        bench.root, bench.broker.url, bench.store.url, bench.group,
+        bench.root, worker_url or bench.broker.url, bench.store.url, bench.group,
         args=("--delivery-limit", limit, "--retry-backoff", "0.1", "--log-level", LOG_LEVEL),
     )  # fmt: skip
     log, began, dead = PublishLog(), time.monotonic(), set(expected_dead)
     try:
         fleet.start(workers)
-        await _until_consumers(bench, workers)
-        async with RawResults(bench.transport, bench.channel) as raw:
+        await until_consumers(bench, workers)
+        async with RawResults(bench.transport, bench.channel, prefetch=reader_prefetch) as raw:
             run = Run(bench.transport, fleet, raw, log, bench.ledger)
+            injected = await prelude(run) if prelude else 0
             faults = asyncio.ensure_future(fault(run)) if fault else None
             await publish_all(bench.transport, log, tasks)
+            run.published.set()
             await wait_until_answered(run, may_go_unanswered=dead, timeout=timeout)
             run.done.set()
-            injected = await faults if faults else 0
+            injected += await faults if faults else 0
             await wait_until_settled(run)
-        codes = fleet.stop_all()
+        codes = await asyncio.to_thread(fleet.stop_all)  # rows may run side by side
         await raw.drain()
         stats = await bench.transport.stats(bench.group)
         dead_ids = await run.dead_ids() if stats.dead else set()
@@ -143,11 +175,11 @@ async def drive(
     return Driven(report, codes, raw.results)
 
 
-async def _until_consumers(bench: Bench, count: int) -> None:
+async def until_consumers(bench: Bench, count: int, timeout: float = 90) -> None:
     async def subscribed() -> bool:
         return (await bench.transport.stats(bench.group)).consumers >= count
 
-    assert await wait_for(subscribed, timeout=90), f"{count} workers did not subscribe"
+    assert await wait_for(subscribed, timeout=timeout), f"{count} workers did not subscribe"
 
 
 def _publish_report(report: Report) -> None:
