@@ -220,7 +220,9 @@ class Handler:
             with steps.step("fetch"):  # in the slot: at most `concurrency` blobs held at once
                 data = await self.blobs.get(task.blob)
             with steps.step("process"):
-                out = await self.pool.process(self.pipeline, data, task.params, s.limits)
+                out = await self.pool.process(
+                    self.pipeline, data, task.params, s.limits, on_progress=progress.processed
+                )
         finally:
             self.busy -= 1
             self._slots.release()

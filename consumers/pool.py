@@ -37,10 +37,13 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.connection import Connection
 from types import FrameType
 from typing import Any, Self
 
+from consumers.pipelines import progress as pipeline_progress
 from consumers.pipelines.base import Pipeline, PipelineOutput
+from consumers.pipelines.progress import Listener, ProgressChannel
 from consumers.settings import MEMORY_LIMIT_MB
 from pixfleet.errors import (
     MemoryLimitExceeded,
@@ -67,10 +70,11 @@ def _watch_parent(parent_pid: int) -> None:
             os._exit(70)
 
 
-def _child_init(parent_pid: int, memory_limit: int) -> None:
+def _child_init(parent_pid: int, memory_limit: int, progress: Connection | None = None) -> None:
     # The parent handles Ctrl-C and SIGTERM (also when sent to the whole group) and drains.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    pipeline_progress.install(progress)
     if memory_limit:
         _limit_address_space(memory_limit)
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
@@ -100,12 +104,13 @@ def _on_alarm(signum: int, frame: FrameType | None) -> None:
 
 
 def _run_in_child(
-    pipeline: Pipeline, data: bytes, params: dict[str, Any], limits: Limits
+    pipeline: Pipeline, data: bytes, params: dict[str, Any], limits: Limits, token: int = 0
 ) -> PipelineOutput:
     previous = signal.signal(signal.SIGALRM, _on_alarm)
     signal.setitimer(signal.ITIMER_REAL, limits.timeout)
     try:
-        return pipeline(data, params, limits)
+        with pipeline_progress.running(token):
+            return pipeline(data, params, limits)
     except TaskTimeout:
         raise TaskTimeout(f"pipeline exceeded its time limit of {limits.timeout:g} s") from None
     except PixfleetError:
@@ -143,6 +148,7 @@ class PipelinePool:
         self._max_tasks = max_tasks_per_child
         self._on_recycle = on_recycle
         self._executor: ProcessPoolExecutor | None = None
+        self._progress = ProgressChannel(multiprocessing.get_context("spawn"))
         # Retired pools finishing their tasks: executor -> its shutdown running in a thread.
         self._retired: dict[ProcessPoolExecutor, asyncio.Future[None]] = {}
         self.recycled = 0
@@ -152,7 +158,7 @@ class PipelinePool:
             max_workers=self.workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_child_init,
-            initargs=(os.getpid(), self.memory_limit),
+            initargs=(os.getpid(), self.memory_limit, self._progress.writer),
             max_tasks_per_child=self._max_tasks,
         )
 
@@ -162,6 +168,7 @@ class PipelinePool:
         SIGTERM to the whole group kills it - costs a fresh start of the pool, up to
         :data:`START_TRIES` times; then :class:`WorkerCrashed`."""
         loop = asyncio.get_running_loop()
+        self._progress.open()
         for _ in range(START_TRIES):
             executor = self._executor = self._new_executor()
             warm = [loop.run_in_executor(executor, os.getpid) for _ in range(self.workers)]
@@ -173,11 +180,18 @@ class PipelinePool:
                 _kill_children(executor)
                 executor.shutdown(wait=False, cancel_futures=True)
         self._executor = None
+        self._progress.close()
         raise WorkerCrashed(f"the process pool did not start in {START_TRIES} tries")
 
     async def __aexit__(self, *exc: object) -> None:
         """Let the children (retired ones too) finish and exit; after ``shutdown_timeout``
         seconds, kill them."""
+        try:
+            await self._stop()
+        finally:
+            self._progress.close()
+
+    async def _stop(self) -> None:
         if self._executor is not None:
             executor, self._executor = self._executor, None
             self._retired[executor] = _shut_down(executor)
@@ -194,17 +208,24 @@ class PipelinePool:
         self._retired.clear()
 
     async def process(
-        self, pipeline: Pipeline, data: bytes, params: Mapping[str, Any], limits: Limits
+        self,
+        pipeline: Pipeline,
+        data: bytes,
+        params: Mapping[str, Any],
+        limits: Limits,
+        on_progress: Listener | None = None,
     ) -> PipelineOutput:
-        """Run ``pipeline`` in a child. Raises what the pipeline raised (typed), ``TaskTimeout``
-        or ``WorkerCrashed``."""
+        """Run ``pipeline`` in a child; ``on_progress(done, total, message)`` hears what it
+        reports (:mod:`consumers.pipelines.progress`). Raises what the pipeline raised (typed),
+        ``TaskTimeout`` or ``WorkerCrashed``."""
         if self._executor is None:
             raise RuntimeError("PipelinePool is not started")
         executor = self._executor
         try:
-            future = executor.submit(_run_in_child, pipeline, data, dict(params), limits)
-            async with asyncio.timeout(limits.timeout + self.hard_grace):
-                return await asyncio.wrap_future(future)
+            with self._progress.listening(on_progress) as token:
+                future = executor.submit(_run_in_child, pipeline, data, dict(params), limits, token)
+                async with asyncio.timeout(limits.timeout + self.hard_grace):
+                    return await asyncio.wrap_future(future)
         except TimeoutError:
             self._recycle(executor, "a pipeline ignored its time limit")
             raise TaskTimeout(

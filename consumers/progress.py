@@ -1,12 +1,14 @@
 """Rate-limited progress reports of one run (:class:`ProgressReporter`).
 
-The worker reports each step as it starts (``fetch``, ``process``, ``store``) and each output as
-it is stored (``store``, ``done`` of ``total``). A report is written only once the run has taken
-``every`` seconds, and then at most once per ``every`` seconds, so a quick task writes none and
-a long one a few; the write (:func:`pixfleet.progress.write_progress`, the latest report of the
-task in the blob store) runs in the background and never slows or fails the task - a report
-that cannot be written is dropped with a debug line. :meth:`ProgressReporter.aclose` ends the
-run's reporting (the result supersedes whatever report is still on its way).
+The worker reports each step as it starts (``queue``, ``fetch``, ``process``, ``store``), what
+the pipeline reports from its pool process (``process``, ``done`` of ``total``: thumbs, one per
+rendition) and each output as it is stored (``store``, ``done`` of ``total``). A report is
+written only once the run has taken ``every`` seconds, and then at most once per ``every``
+seconds, so a quick task writes none and a long one a few; the write
+(:func:`pixfleet.progress.write_progress`, the latest report of the task in the blob store) runs
+in the background and never slows or fails the task - a report that cannot be written is
+dropped with a debug line. :meth:`ProgressReporter.aclose` ends the run's reporting (the result
+supersedes whatever report is still on its way).
 """
 
 from __future__ import annotations
@@ -65,6 +67,11 @@ class ProgressReporter:
         )
         if self._writing is None or self._writing.done():
             self._writing = asyncio.create_task(self._write())
+
+    def processed(self, done: int, total: int | None, message: str) -> None:
+        """The pipeline reported ``done`` of ``total`` (:func:`consumers.pipelines.progress.
+        report_progress`)."""
+        self.report("process", done, total, message)
 
     def stored(self, done: int, total: int, name: str) -> None:
         """Output ``name`` was stored, ``done`` of ``total``."""

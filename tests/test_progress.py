@@ -11,12 +11,17 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from brokers import open_transport
+from consumers.pipelines import resolve
+from consumers.pipelines.base import Limits, PipelineOutput
+from consumers.pipelines.progress import report_progress
 from consumers.pool import PipelinePool
 from consumers.worker import Worker, WorkerSettings
 from pixfleet.blobs.file import FileBlobStore
@@ -134,3 +139,25 @@ def test_enqueue_wait_shows_the_progress_of_a_running_task(tmp_path: Path) -> No
     assert done.returncode == 0, done.stderr
     assert f"photo.jpg [{group}]: process" in done.stderr, done.stderr
     assert len(done.stdout.strip().splitlines()) == 1, done.stdout  # the result, nothing else
+
+
+def reporting(data: bytes, params: Mapping[str, Any], limits: Limits) -> PipelineOutput:
+    """A pipeline that reports three steps, a little apart (module level: it must pickle)."""
+    for i in range(1, 4):
+        time.sleep(0.15)
+        report_progress(i, 3, f"step {i}")
+    return PipelineOutput(renditions=())
+
+
+async def test_a_pipeline_reports_progress_from_its_pool_process() -> None:
+    heard: list[tuple[int, int | None, str]] = []
+    async with PipelinePool(1) as pool:
+        await pool.process(reporting, b"", {}, Limits(), on_progress=lambda *r: heard.append(r))
+        await pool.process(reporting, b"", {}, Limits())  # nobody listens: nothing heard
+        thumbs: list[tuple[int, int | None, str]] = []
+        await pool.process(
+            resolve("thumbs", None), images.jpeg_bytes(), {}, Limits(), lambda *r: thumbs.append(r)
+        )
+    assert heard == [(1, 3, "step 1"), (2, 3, "step 2"), (3, 3, "step 3")]
+    assert thumbs[-1] == (4, 4, "256.webp")  # one per rendition, rate-limited, the last always
+    report_progress(1, 2, "outside a pool")  # a no-op, not an error

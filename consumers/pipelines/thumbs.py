@@ -21,6 +21,7 @@ from PIL import Image
 
 from consumers.imaging import Decoded, decode, fit_long_edge
 from consumers.pipelines.base import PipelineOutput, Rendition
+from consumers.pipelines.progress import report_progress
 from pixfleet.images import Limits
 from pixfleet.params import ThumbParams, parse
 
@@ -32,15 +33,18 @@ def parse_params(params: Mapping[str, Any]) -> ThumbParams:
 
 
 def run(data: bytes, params: Mapping[str, Any], limits: Limits) -> PipelineOutput:
-    """Decode once, then resize and encode every (size, format) pair."""
+    """Decode once, then resize and encode every (size, format) pair (a progress report after
+    each)."""
     p = parse_params(params)
     sizes = sorted(set(p.sizes), reverse=True)
     decoded = decode(data, limits, longest_needed=sizes[0])
+    formats = tuple(dict.fromkeys(p.formats))
     renditions: list[Rendition] = []
     for size in sizes:
         image = _resize(decoded.image, size)
-        for fmt in dict.fromkeys(p.formats):
+        for fmt in formats:
             renditions.append(_encode(image, size, fmt, p.quality))
+            report_progress(len(renditions), len(sizes) * len(formats), renditions[-1].name)
     return PipelineOutput(renditions=tuple(renditions), meta=_meta(decoded))
 
 
