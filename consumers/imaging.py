@@ -88,8 +88,8 @@ def decode(data: bytes, limits: Limits, *, longest_needed: int) -> Decoded:
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageInvalid(f"image data is corrupt or truncated: {exc}") from exc
     icc = im.info.get("icc_profile")
-    upright = ImageOps.exif_transpose(im)
-    converted, icc_converted = _to_srgb(upright, icc)
+    ImageOps.exif_transpose(im, in_place=True)  # no copy when already upright
+    converted, icc_converted = _to_srgb(im, icc)
     converted.info = {}  # drop EXIF, GPS, XMP, comments, ICC: outputs carry no metadata
     return Decoded(
         image=converted,
@@ -117,6 +117,8 @@ def _to_srgb(im: Image.Image, icc: bytes | None) -> tuple[Image.Image, bool]:
             out = None
         if out is not None:
             return out, True
+    if im.mode == target:
+        return im, False  # convert() would only copy it
     try:
         if im.mode.startswith("I;16") or im.mode == "I":
             im = im.point(lambda v: v / 256).convert("L")
