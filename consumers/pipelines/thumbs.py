@@ -26,6 +26,10 @@ from pixfleet.images import Limits
 from pixfleet.params import ThumbParams, parse
 
 _EXT = {"jpeg": "jpg", "webp": "webp"}
+#: Shrinks by this factor or more start with an integer ``reduce()`` (box average) down to at
+#: most this factor above the target, then LANCZOS: 1024 -> 256 px is reduce(2) + LANCZOS 2x.
+#: Measured against a full-resolution LANCZOS reference, 2.0 loses nothing visible in PSNR.
+REDUCING_GAP = 2.0
 
 
 def parse_params(params: Mapping[str, Any]) -> ThumbParams:
@@ -33,15 +37,17 @@ def parse_params(params: Mapping[str, Any]) -> ThumbParams:
 
 
 def run(data: bytes, params: Mapping[str, Any], limits: Limits) -> PipelineOutput:
-    """Decode once, then resize and encode every (size, format) pair (a progress report after
-    each)."""
+    """Decode once, then resize and encode every (size, format) pair, largest size first:
+    each smaller size is resized from the previous one (256 px from the 1024 px result). A
+    progress report after each."""
     p = parse_params(params)
     sizes = sorted(set(p.sizes), reverse=True)
     decoded = decode(data, limits, longest_needed=sizes[0])
     formats = tuple(dict.fromkeys(p.formats))
     renditions: list[Rendition] = []
+    image = decoded.image
     for size in sizes:
-        image = _resize(decoded.image, size)
+        image = _resize(image, size)
         for fmt in formats:
             renditions.append(_encode(image, size, fmt, p.quality))
             report_progress(len(renditions), len(sizes) * len(formats), renditions[-1].name)
@@ -49,11 +55,12 @@ def run(data: bytes, params: Mapping[str, Any], limits: Limits) -> PipelineOutpu
 
 
 def _resize(image: Image.Image, size: int) -> Image.Image:
+    """``image`` fitted to ``size`` (never upscaled; itself when it already fits). A shrink by
+    ``REDUCING_GAP`` or more first averages integer blocks (``reduce()``), then LANCZOS."""
     width, height = fit_long_edge(image.width, image.height, size)
     if (width, height) == image.size:
-        out = image.copy()
-    else:
-        out = image.resize((width, height), Image.Resampling.LANCZOS, reducing_gap=3.0)
+        return image
+    out = image.resize((width, height), Image.Resampling.LANCZOS, reducing_gap=REDUCING_GAP)
     out.info = {}
     return out
 
