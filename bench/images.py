@@ -132,7 +132,7 @@ def rss_rows(smoke: bool) -> list[Row]:
         path = Path(tmp) / "big.jpg"
         path.write_bytes(make_photo(width, height, 7))
         idle, peak = peak_rss_mb(path, "idle"), peak_rss_mb(path, "run")
-    name = f"thumbs peak RSS, {width * height / 1e6:.0f} MP JPEG"
+    name = f"thumbs peak RSS, {width * height / 1e6:.1f} MP JPEG"
     return [
         plain("images", "process with the pipeline imported", idle, "MB"),
         bounded("images", name, peak, "MB", 100),

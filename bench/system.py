@@ -1,0 +1,115 @@
+"""System rows: the whole fleet (broker, blob store, worker processes) on photos, against the
+same pipeline in a bare loop with the same number of processes, in the same run.
+
+* fleet images/s vs a bare ``multiprocessing`` pool of as many processes (goal >= 0.9x), per
+  transport;
+* 2 workers vs 1 worker on the same transport (goal >= 1.8x on 2 cores);
+* upload -> result (the thumbnails are written before the reply) with an idle worker, one
+  photo at a time, against the pipeline's own time for the same photo (goal <= 1.2x).
+
+Workers run ``worker run -g thumbs -c 1``; the blob store is a file store on disk (each file
+fsynced, like production).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import statistics
+import tempfile
+import time
+import uuid
+from contextlib import ExitStack, aclosing
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.images import thumbs
+from bench.roundtrip import wait_for_consumers, worker_process
+from brokers import Transport, open_transport
+from pixfleet.blobs import store_upload
+from pixfleet.blobs.file import FileBlobStore
+from pixfleet.envelope import BlobRef, Task
+
+
+def bare_rate(images: list[bytes], processes: int) -> float:
+    """Images/s of ``processes`` plain processes running the pipeline (pool start excluded)."""
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        pool.map(thumbs, images[:processes])  # imports done, caches warm
+        started = time.perf_counter()
+        pool.map(thumbs, images, chunksize=1)
+        return len(images) / (time.perf_counter() - started)
+
+
+async def _run_batch(transport: Transport, refs: list[BlobRef], group: str) -> float:
+    channel = await transport.open_reply_channel()
+    tasks = [Task.new(ref, groups=(group,), reply_to=channel) for ref in refs]
+    started = time.perf_counter()
+    for task in tasks:
+        await transport.publish(task)
+    waiting = {t.id for t in tasks}
+    async with aclosing(transport.replies(channel)) as it:
+        async for delivery in it:
+            await delivery.ack()
+            assert delivery.message.status == "ok", delivery.message.error
+            waiting.discard(delivery.message.task_id)
+            if not waiting:
+                break
+    return len(tasks) / (time.perf_counter() - started)
+
+
+async def _one_by_one(
+    transport: Transport, store: FileBlobStore, images: list[bytes], group: str
+) -> list[float]:
+    """Milliseconds from the upload (blob stored, task published) to the reply, one at a time."""
+    channel = await transport.open_reply_channel()
+    latencies = []
+    async with aclosing(transport.replies(channel)) as it:
+        for data in images:
+            started = time.perf_counter()
+            ref = await store_upload(store, data, "image/jpeg")
+            await transport.publish(Task.new(ref, groups=(group,), reply_to=channel))
+            delivery = await anext(it)
+            await delivery.ack()
+            latencies.append((time.perf_counter() - started) * 1000)
+    return latencies
+
+
+@dataclass(frozen=True)
+class Fleet:
+    rate: float  # images/s of the batch
+    latencies: list[float]  # ms, upload -> result, one photo at a time after the batch
+
+
+async def fleet(url: str, images: list[bytes], workers: int, *, singles: int = 0) -> Fleet:
+    """Images/s of ``workers`` worker processes on ``images``, then ``singles`` photos one at a
+    time on the idle fleet."""
+    group = f"bench-sys-{uuid.uuid4().hex[:6]}"
+    argv = ("-c", "1", "--pipeline", "thumbs")
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as procs:
+        blobs = Path(tmp)
+        store = FileBlobStore(blobs)
+        async with open_transport(url) as transport:
+            refs = [await store_upload(store, data, "image/jpeg") for data in images]
+            for _ in range(workers):
+                procs.enter_context(worker_process(url, blobs, group, *argv))
+            await wait_for_consumers(transport, group, workers)
+            await _run_batch(transport, refs[:workers], group)  # warm-up: pools started
+            rate = await _run_batch(transport, refs, group)
+            latencies = await _one_by_one(transport, store, images[:singles], group)
+    return Fleet(rate, latencies)
+
+
+def pipeline_ms(images: list[bytes]) -> list[float]:
+    """The pipeline's own wall time per image, in this (otherwise idle) process."""
+    out = []
+    for data in images:
+        started = time.perf_counter()
+        thumbs(data)
+        out.append((time.perf_counter() - started) * 1000)
+    return out
+
+
+def p50_p99(values: list[float]) -> tuple[float, float]:
+    if len(values) < 2:
+        return values[0], values[0]
+    q = statistics.quantiles(values, n=100)
+    return q[49], q[98]
