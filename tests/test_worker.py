@@ -476,7 +476,9 @@ async def test_failed_replies_make_the_worker_reconnect_and_it_goes_on(rig: Rig)
     await rig.work(replies=FlakyReplies(rig.transport, failures=2), events=events)
     [result] = await rig.raw_results()
     assert (result.task_id, result.status) == (task.id, "ok")
-    assert ("consuming", "reconnecting") in events.states, events.states
+    # From consuming - or from draining, when the burst subscription saw its queue empty
+    # before the reply failed (RabbitMQ does not count an unacked delivery as ready).
+    assert {"consuming", "draining"} & {old for old, new in events.states if new == "reconnecting"}
     assert ("reconnecting", "consuming") in events.states, events.states
     assert events.states[-1][1] == "stopped"
     group = await rig.transport.stats(rig.group)
