@@ -10,11 +10,13 @@ numbers and bad flags are refused the same way everywhere, as one
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
+from pixfleet.bounds import MAX_SECONDS
 from pixfleet.errors import InvalidURL
 from pixfleet.settings import redact
 
@@ -46,8 +48,14 @@ class UrlOptions:
         return self.values.get(name, default)
 
     def number(self, name: str, default: float, *, minimum: float | None = None) -> float:
-        """A float option; ``minimum`` is exclusive (``> minimum``)."""
+        """A float option (every one is a number of seconds): finite, from 0 to
+        :data:`~pixfleet.bounds.MAX_SECONDS` (7 days); ``minimum`` is exclusive (``> minimum``)."""
         value = self._convert(name, default, float)
+        if not math.isfinite(value) or not 0 <= value <= MAX_SECONDS:
+            raise InvalidURL(
+                f"{self.scheme} option {name} must be seconds from 0 to {MAX_SECONDS:g},"
+                f" got {value:g}"
+            )
         if minimum is not None and value <= minimum:
             raise InvalidURL(f"{self.scheme} option {name} must be > {minimum:g}, got {value:g}")
         return value

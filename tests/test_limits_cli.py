@@ -98,3 +98,20 @@ def test_the_default_concurrency_is_the_cpu_affinity() -> None:
         check=True,
     )
     assert done.stdout.strip() == "1"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite:////tmp/pixfleet-bounds.db?lease=inf",
+        "sqlite:////tmp/pixfleet-bounds.db?poll=nan",
+        "amqp://localhost/?op_timeout=1e12",
+        "amqp://localhost/?connect_timeout=-1",
+        "kafka://localhost:9092?session_timeout=inf",
+    ],
+)
+def test_broker_url_durations_are_bounded(url: str) -> None:
+    result = CliRunner().invoke(worker_app, ["run", "-g", "thumbs", "--broker", url])
+    assert result.exit_code == 1, result.output
+    [line] = result.output.strip().splitlines()
+    assert line.startswith("error[config.invalid_url]: ") and "must be seconds from 0 to" in line
