@@ -37,7 +37,7 @@ from producer.client import Client
 from producer.options import BlobsOpt, BrokerOpt, DebugOpt, JsonOpt
 from producer.progress import Display, open_display
 from producer.submission import SubmitOptions
-from producer.watch import in_background, warn_new_groups, watch_consumers
+from producer.watch import warn_new_groups, watching_consumers
 
 TaskIdOpt = typer.Option(
     None,
@@ -200,11 +200,10 @@ async def _wait(client: Client, batch: _Batch, display: Display) -> int:
             render.progress_line(p, names.get(p.task_id, ""))
         )
         client.router.start()
-    watch = watch_consumers(
-        client.transport, lambda: {group for _, group in client.pending}, display.warn
-    )
+    groups = lambda: {group for _, group in client.pending}  # noqa: E731 - a view, read later
+    watch = watching_consumers(client.transport, groups, display.warn)
     try:
-        async with in_background(watch), aclosing(client.results(timeout=batch.timeout)) as rs:
+        async with watch, aclosing(client.results(timeout=batch.timeout)) as rs:
             async for result in rs:
                 counts[result.status] += 1
                 display.result(result.status == "ok")
@@ -232,4 +231,4 @@ def _report_pending(exc: ResultTimeout, client: Client, batch: _Batch, display: 
     ]
     if batch.as_json:
         display.emit(render.pending_json(exc, pending))
-    display.warn(f"{exc.one_line()}; {render.pending_line(pending)}")
+    display.warn(with_hint(ResultTimeout(f"{exc.message}; {render.pending_line(pending)}")))

@@ -49,6 +49,7 @@ class ReplyRouter:
         self._arrivals: asyncio.Queue[Result | Exception] = asyncio.Queue()
         self._wake = asyncio.Event()
         self._pump: asyncio.Task[None] | None = None
+        self._closing = False
 
     @property
     def pending(self) -> frozenset[Pair]:
@@ -80,13 +81,14 @@ class ReplyRouter:
         :class:`ResultTimeout` after ``timeout`` seconds in all."""
         self.start()
         deadline = asyncio.get_running_loop().time() + timeout
+        total = len(self.pending) + self._arrivals.qsize()
         while self.pending or not self._arrivals.empty():
             try:
                 async with asyncio.timeout_at(deadline):
                     item = await self._arrivals.get()
             except TimeoutError:
                 raise ResultTimeout(
-                    f"{len(self.pending)} result(s) did not arrive within {timeout:g} s"
+                    f"{len(self.pending)} of {total} result(s) did not arrive within {timeout:g} s"
                     " (late results go to the default results channel: `uploader results`)"
                 ) from None
             if isinstance(item, Exception):
@@ -103,11 +105,20 @@ class ReplyRouter:
             self._following = asyncio.create_task(self._follow_progress())
 
     async def stop(self) -> None:
-        for task in (self._pump, self._following):
-            if task is not None:
-                task.cancel()
-                await asyncio.wait([task])  # its CancelledError stays in it; ours would propagate
-        self._pump = self._following = None
+        """Stop the reader: it returns at its next look, and a wait under way is cancelled -
+        again if need be: a broker client may swallow a cancellation while it closes (aiokafka
+        does), which must not leave the reader waiting for ever. The progress follower (blob
+        reads only) is cancelled."""
+        pump, self._pump = self._pump, None
+        self._closing = True
+        while pump is not None and not pump.done():
+            self._wake.set()
+            pump.cancel()
+            await asyncio.wait([pump], timeout=1.0)
+        following, self._following = self._following, None
+        if following is not None:
+            following.cancel()
+            await asyncio.wait([following])  # its CancelledError stays in it
 
     async def _follow_progress(self) -> None:
         """Hand each new progress report of a pending pair to :attr:`on_progress`."""
@@ -132,6 +143,10 @@ class ReplyRouter:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if self._closing:
+                return
+            if not self._sub.pending:
+                continue  # no subscription opened (and closed) for nothing
             try:
                 async with aclosing(self._sub.results(timeout=math.inf)) as results:
                     async for result in results:

@@ -209,17 +209,17 @@ class Submission:
 
     async def results(self, *, timeout: float) -> AsyncGenerator[Result, None]:
         """Yield the results not reported yet, one per (task, group) of the tasks submitted so
-        far - tasks submitted while it runs included - as they arrive; a pair reported by an
-        earlier call is not waited for again.
-
-        Ends once every pair has answered; raises :class:`~pixfleet.errors.ResultTimeout` when
-        ``timeout`` seconds (in all, the caller's time between results included) pass first
-        (:attr:`pending` then names the missing pairs). Hold it with ``contextlib.aclosing`` so
-        the subscription is released on early exit. Only a waiting submission has results to
-        read (else: :class:`RuntimeError`); one reader at a time."""
+        far (and while it runs), as they arrive; a pair reported before is not waited for again.
+        Ends once every pair has answered (at once, unsubscribed, if none is pending); raises
+        :class:`~pixfleet.errors.ResultTimeout` when ``timeout`` seconds (in all, the caller's
+        time between results included) pass first (:attr:`pending` names the missing pairs).
+        Hold it with ``contextlib.aclosing`` so the subscription is released on early exit.
+        Only a waiting submission has results (else: :class:`RuntimeError`); one reader."""
         if not self.options.wait:
             raise RuntimeError("results() needs a Submission with SubmitOptions(wait=True)")
         pending = self._pending
+        if not pending:
+            return
         total = len(pending)
         deadline = asyncio.get_running_loop().time() + timeout
         look = True  # at the records: first, then whenever the channel was quiet a while

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
-from typing import Any
 
 from brokers.contract import Inspector
 from pixfleet.errors import PixfleetError
@@ -44,20 +43,46 @@ async def warn_new_groups(inspector: Inspector, groups: Iterable[str], warn: War
             )
 
 
-async def watch_consumers(
+@asynccontextmanager
+async def watching_consumers(
     inspector: Inspector,
     waiting_for: Callable[[], set[str]],
     warn: Warn,
     *,
     first: float = FIRST_LOOK,
     every: float = LOOK_EVERY,
+) -> AsyncIterator[None]:
+    """For the length of the block: after ``first`` seconds, and every ``every`` seconds after
+    that, warn once about each group in ``waiting_for()`` that has no live consumer.
+
+    On exit the look under way is let finish (never cancelled: cancelling a broker client
+    mid-call - Kafka's starts a consumer for its stats - can leave it unable to close)."""
+    stop = asyncio.Event()
+    look = asyncio.create_task(_watch(inspector, waiting_for, warn, stop, first, every))
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait([look])
+        if not look.cancelled() and (exc := look.exception()) is not None:
+            log.warning("the watch for consumers failed: %r", exc)
+
+
+async def _watch(  # noqa: PLR0917 - the watch's parts, from watching_consumers only
+    inspector: Inspector,
+    waiting_for: Callable[[], set[str]],
+    warn: Warn,
+    stop: asyncio.Event,
+    first: float,
+    every: float,
 ) -> None:
-    """Until cancelled: after ``first`` seconds, and every ``every`` seconds after that, warn
-    once about each group in ``waiting_for()`` that has no live consumer."""
     warned: set[str] = set()
-    await asyncio.sleep(first)
-    while True:
+    pause = first
+    while not await _stopped(stop, pause):
+        pause = every
         for group in sorted(waiting_for() - warned):
+            if stop.is_set():
+                return
             try:
                 consumers = (await inspector.stats(group)).consumers
             except PixfleetError as exc:  # advisory only: the wait itself reports the broker
@@ -66,15 +91,13 @@ async def watch_consumers(
             if consumers == 0:
                 warned.add(group)
                 warn(no_worker_line(group))
-        await asyncio.sleep(every)
 
 
-@asynccontextmanager
-async def in_background(coro: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
-    """Run ``coro`` as a task for the length of the block, then cancel it."""
-    task = asyncio.create_task(coro)
+async def _stopped(stop: asyncio.Event, seconds: float) -> bool:
+    """Whether ``stop`` was set within ``seconds``."""
     try:
-        yield
-    finally:
-        task.cancel()
-        await asyncio.wait([task])
+        async with asyncio.timeout(seconds):
+            await stop.wait()
+    except TimeoutError:
+        return False
+    return True

@@ -85,7 +85,7 @@ async def test_timeouts_bad_input_and_bad_groups_are_typed_errors(tmp_path: Path
         assert [h.task.params for h in handles] == [{"sizes": [16]}] * 2
         with pytest.raises(ResultTimeout):
             await handles[0].result(timeout=0.3)
-        with pytest.raises(ResultTimeout, match="2 result"):
+        with pytest.raises(ResultTimeout, match="2 of 2 result"):
             async with aclosing(client.results(timeout=0.3)) as results:
                 async for _ in results:
                     pass
