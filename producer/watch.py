@@ -34,7 +34,11 @@ async def warn_new_groups(inspector: Inspector, groups: Iterable[str], warn: War
     """Before publishing: warn about each group the broker has never seen while it knows
     others. (Publishing creates the group's subscription, so a second enqueue to the same
     typo is known: ``--wait`` and ``uploader status`` still show it has no consumer.)"""
-    known = await inspector.groups()
+    try:
+        known = await inspector.groups()
+    except PixfleetError as exc:  # advisory only (a producer may not list groups): publish on
+        log.info("cannot list the broker's groups: %s", exc.one_line())
+        return
     for group in groups:
         if known and group not in known:
             warn(
