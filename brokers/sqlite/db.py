@@ -12,7 +12,7 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import brokers.sqlite.registry as consumers_tx
 import brokers.sqlite.transactions as tx
@@ -68,6 +68,7 @@ class SqliteQueue:
             raise BrokerUnavailable(f"cannot open sqlite database {path}: {exc}") from exc
         except OSError as exc:
             raise BrokerUnavailable(f"cannot create {path.parent}: {exc.strerror}") from exc
+        self._batching = False
         self.transact(create_schema)
 
     def close(self) -> None:
@@ -75,6 +76,16 @@ class SqliteQueue:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        if self._batching:  # inside run_batch: a savepoint of the batch's transaction
+            self._db.execute("SAVEPOINT op")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK TO op")
+                self._db.execute("RELEASE op")
+                raise
+            self._db.execute("RELEASE op")
+            return
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
@@ -82,6 +93,34 @@ class SqliteQueue:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+
+    def run_batch(self, ops: list[Callable[[SqliteQueue], object]]) -> list[tuple[bool, Any]]:
+        """Run ``ops`` in ONE write transaction (group commit), each in its own savepoint:
+        ``(True, result)`` per op, or ``(False, exception)`` for one that raised (rolled back
+        alone). If the transaction cannot start or commit, every op fails with that error."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            return [(False, translate(self.path, exc))] * len(ops)
+        outcomes: list[tuple[bool, Any]] = []
+        self._batching = True
+        try:
+            for op in ops:
+                try:
+                    outcomes.append((True, op(self)))
+                except Exception as exc:  # noqa: BLE001 - handed to that op's caller
+                    if not self._db.in_transaction:  # SQLite rolled the whole batch back
+                        return [(False, exc)] * len(ops)
+                    outcomes.append((False, exc))
+        finally:
+            self._batching = False
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            return [(False, translate(self.path, exc))] * len(ops)
+        return outcomes
 
     def transact(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` in one write transaction: committed if it returns, rolled back if it raises.

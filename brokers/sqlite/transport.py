@@ -7,8 +7,9 @@ leases that a heartbeat extends while they live, and lose them when they die - w
 and lease rules: :mod:`brokers.sqlite.schema`; polling and heartbeats:
 :mod:`brokers.sqlite.subscription`.
 
-All database work of one transport runs on one thread (a one-thread executor), in the order it
-was asked for.
+All database work of one transport runs on one thread, in the order it was asked for; the
+operations that queue up meanwhile are committed together (group commit:
+:mod:`brokers.sqlite.committer`).
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ import logging
 import sqlite3
 import uuid
 from collections.abc import Callable, Collection
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Self, TypeVar
 
 import brokers.sqlite.admin as admin_tx
 from brokers import names
 from brokers.contract import DeadLetter, Delivery, GroupStats, Subscription
+from brokers.sqlite.committer import GroupCommitExecutor
 from brokers.sqlite.db import SqliteQueue
 from brokers.sqlite.settings import SqliteSettings
 from brokers.sqlite.subscription import AnySubscription, SqliteSubscription
@@ -50,7 +51,7 @@ class SqliteTransport:
     def __init__(self, settings: SqliteSettings) -> None:
         self._settings = settings
         self._db: SqliteQueue | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: GroupCommitExecutor | None = None
         self._subs: dict[str, AnySubscription] = {}
 
     @classmethod
@@ -68,7 +69,7 @@ class SqliteTransport:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pixfleet-sqlite")
+        self._executor = GroupCommitExecutor()
         s = self._settings
         loop = asyncio.get_running_loop()
         self._db = await loop.run_in_executor(
@@ -88,7 +89,8 @@ class SqliteTransport:
         for sub in list(self._subs.values()):
             await self._give_back(sub)
         self._subs.clear()
-        await self.call(lambda db: db.close())
+        db, executor = self._open()
+        await asyncio.get_running_loop().run_in_executor(executor, db.close)  # alone, last
         self._db = None
         self._executor.shutdown(wait=True)
         self._executor = None
@@ -119,7 +121,7 @@ class SqliteTransport:
     def detach(self, subscription: AnySubscription) -> None:
         self._subs.pop(subscription.id, None)
 
-    def _open(self) -> tuple[SqliteQueue, ThreadPoolExecutor]:
+    def _open(self) -> tuple[SqliteQueue, GroupCommitExecutor]:
         if self._db is None or self._executor is None:
             raise TransportClosed(f"transport {self.url} is not open")
         return self._db, self._executor
