@@ -1,7 +1,7 @@
 # pixfleet - every target installs what it needs first.
 #   make demo   sample photos -> two thumbs workers -> enqueue --wait -> results (embedded broker)
 #   make test   lint (ruff) + types (mypy --strict) + tests (pytest), the fault suite
-#               (tests/reliability, ~6 min on 2 cores) included; FAST=1 skips tests marked slow
+#               (tests/reliability, ~10 min on 2 cores) included; FAST=1 skips tests marked slow
 
 SHELL      := /bin/bash
 PYTHON     ?= python3
