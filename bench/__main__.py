@@ -90,7 +90,7 @@ def _kafka(url: str | None) -> Iterator[str | None]:
 
 
 def versions() -> dict[str, str]:
-    out = {"sqlite": sqlite3.sqlite_version, "libvips": vips.version()}
+    out = {"sqlite": sqlite3.sqlite_version, "pyvips": vips.version()}
     for pkg in ("pillow", "aio-pika", "aiokafka"):
         try:
             out[pkg] = version(pkg)

@@ -68,6 +68,8 @@ def plain(section: str, name: str, value: float | None, unit: str, note: str = "
 def _num(v: float | None) -> str:
     if v is None:
         return "n/a"
+    if abs(v) < 1:
+        return f"{v:.3f}"
     return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.2f}" if abs(v) < 10 else f"{v:.1f}"
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from bench.loop import RoundTrips
 from bench.report import Row, at_least, bounded, plain, versus
 from bench.roundtrip import pixfleet_round_trips
-from bench.system import bare_rate, fleet, p50_p99, pipeline_ms
+from bench.system import bare_rate, fleet, p50_p99
 
 log = logging.getLogger("bench")
 
@@ -117,9 +117,11 @@ async def system_rows(
 ) -> list[Row]:
     """Fleet rows per transport; on SQLite also 2 workers vs 1 (unless not ``one_worker``)
     and, once the batch is done, upload -> result one photo at a time."""
-    bare = ("bare loop, 2 processes", bare_rate(photos, 2))
-    rows = [plain("system", *bare, "i/s")]
+    rows: list[Row] = []
     for name, url in urls.items():
+        # the baseline right before each fleet: the machine's load drifts between rows
+        bare = (f"bare loop, 2 processes ({name})", bare_rate(photos, 2))
+        rows.append(plain("system", *bare, "i/s"))
         try:
             two = await fleet(url, photos, 2, singles=singles if name == "sqlite" else 0)
         except Exception:
@@ -133,12 +135,11 @@ async def system_rows(
             one = await fleet(url, photos[: len(photos) // 2], 1)
             base = ("fleet sqlite, 1 worker", one.rate)
             rows.append(versus("system", "fleet sqlite, 2 workers / 1", two.rate, "i/s", base, 1.8))
-        rows += _latency_rows(two.latencies, photos[:singles])
+        rows += _latency_rows(two.latencies, two.alone)
     return rows
 
 
-def _latency_rows(latencies: list[float], photos: list[bytes]) -> list[Row]:
-    own = pipeline_ms(photos)
+def _latency_rows(latencies: list[float], own: list[float]) -> list[Row]:
     (l50, l99), (o50, o99) = p50_p99(latencies), p50_p99(own)
     ratio = l50 / o50
     return [

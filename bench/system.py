@@ -58,25 +58,30 @@ async def _run_batch(transport: Transport, refs: list[BlobRef], group: str) -> f
 
 async def _one_by_one(
     transport: Transport, store: FileBlobStore, images: list[bytes], group: str
-) -> list[float]:
-    """Milliseconds from the upload (blob stored, task published) to the reply, one at a time."""
+) -> tuple[list[float], list[float]]:
+    """Milliseconds from the upload (blob stored, task published) to the reply, one at a time,
+    and of the pipeline alone in this process on the same photo just before."""
     channel = await transport.open_reply_channel()
-    latencies = []
+    latencies, alone = [], []
     async with aclosing(transport.replies(channel)) as it:
         for data in images:
+            started = time.perf_counter()
+            thumbs(data)  # the pipeline alone on the same photo, right before its upload
+            alone.append((time.perf_counter() - started) * 1000)
             started = time.perf_counter()
             ref = await store_upload(store, data, "image/jpeg")
             await transport.publish(Task.new(ref, groups=(group,), reply_to=channel))
             delivery = await anext(it)
             await delivery.ack()
             latencies.append((time.perf_counter() - started) * 1000)
-    return latencies
+    return latencies, alone
 
 
 @dataclass(frozen=True)
 class Fleet:
     rate: float  # images/s of the batch
     latencies: list[float]  # ms, upload -> result, one photo at a time after the batch
+    alone: list[float]  # ms, the pipeline alone on each of those photos
 
 
 async def fleet(url: str, images: list[bytes], workers: int, *, singles: int = 0) -> Fleet:
@@ -94,18 +99,8 @@ async def fleet(url: str, images: list[bytes], workers: int, *, singles: int = 0
             await wait_for_consumers(transport, group, workers)
             await _run_batch(transport, refs[:workers], group)  # warm-up: pools started
             rate = await _run_batch(transport, refs, group)
-            latencies = await _one_by_one(transport, store, images[:singles], group)
-    return Fleet(rate, latencies)
-
-
-def pipeline_ms(images: list[bytes]) -> list[float]:
-    """The pipeline's own wall time per image, in this (otherwise idle) process."""
-    out = []
-    for data in images:
-        started = time.perf_counter()
-        thumbs(data)
-        out.append((time.perf_counter() - started) * 1000)
-    return out
+            latencies, alone = await _one_by_one(transport, store, images[:singles], group)
+    return Fleet(rate, latencies, alone)
 
 
 def p50_p99(values: list[float]) -> tuple[float, float]:

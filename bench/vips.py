@@ -34,7 +34,7 @@ def version() -> str:
     vips = _pyvips()
     if vips is None:
         return "n/a"
-    return f"pyvips {vips.__version__}, libvips {'.'.join(str(vips.version(i)) for i in range(3))}"
+    return f"{vips.__version__} (libvips {'.'.join(str(vips.version(i)) for i in range(3))})"
 
 
 def _encode(image: Any, size: int, outputs: Outputs) -> None:
