@@ -141,7 +141,9 @@ async def _enqueue_all(broker_url: str, blobs_url: str, batch: _Batch) -> int:
     wait = batch.options.wait
     async with Client(broker=broker_url, blobs=blobs_url, wait=wait, limits=batch.limits) as client:
         with open_display(total=len(batch.candidates), plain_progress=wait) as display:
-            await warn_new_groups(client.transport, batch.options.groups, display.warn)
+            await warn_new_groups(
+                client.transport, client.store, batch.options.groups, display.warn
+            )
             error = await _publish(client, batch, display)
             if error is not None:
                 _report_partial(error, client.tasks, batch, display)

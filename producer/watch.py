@@ -1,7 +1,8 @@
 """Telling a user that nobody will answer: groups that have no consumer.
 
-Two moments: at enqueue time, a targeted group the broker has never seen while it knows others
-(a typo such as ``-g thumbz``; a fresh broker knows none, so the first enqueue does not warn);
+Two moments: at enqueue time, a targeted group no worker has ever declared while the broker
+knows other groups (a typo such as ``-g thumbz``; a fresh broker knows none, so the first
+enqueue does not warn);
 and while ``--wait`` waits, a group that still has no live consumer a few seconds in. Both only
 warn - the tasks stay queued for a worker that starts later - and both go through the broker's
 ``Inspector`` role.
@@ -15,6 +16,8 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 
 from brokers.contract import Inspector
+from pixfleet.blobs import BlobStore
+from pixfleet.declared import declared_pipeline
 from pixfleet.errors import PixfleetError
 
 log = logging.getLogger(__name__)
@@ -30,21 +33,37 @@ def no_worker_line(group: str) -> str:
     return f"no worker is consuming group '{group}' — start one with: worker run --group {group}"
 
 
-async def warn_new_groups(inspector: Inspector, groups: Iterable[str], warn: Warn) -> None:
-    """Before publishing: warn about each group the broker has never seen while it knows
-    others. (Publishing creates the group's subscription, so a second enqueue to the same
-    typo is known: ``--wait`` and ``uploader status`` still show it has no consumer.)"""
+async def warn_new_groups(
+    inspector: Inspector, store: BlobStore, groups: Iterable[str], warn: Warn
+) -> None:
+    """Before publishing: warn once about each targeted group no worker has ever declared
+    (:mod:`pixfleet.declared` - every worker records its groups when it starts) while the
+    broker knows other groups. A fresh broker knows none, so a first enqueue does not warn;
+    publishing creates the group's subscription, so the declaration - not the broker - tells a
+    typo such as ``-g thumbz`` apart on every later enqueue too."""
+    targeted = list(dict.fromkeys(groups))
     try:
         known = await inspector.groups()
     except PixfleetError as exc:  # advisory only (a producer may not list groups): publish on
         log.info("cannot list the broker's groups: %s", exc.one_line())
-        return
-    for group in groups:
-        if known and group not in known:
+        known = ()
+    others = [g for g in known if g not in targeted]
+    for group in targeted:
+        if (others or (known and group not in known)) and not await _declared(store, group):
+            seen = f" (known groups: {', '.join(others)})" if others else ""
             warn(
-                f"warning: group '{group}' has never had a consumer (known groups: "
-                f"{', '.join(known)}); its tasks wait for: worker run --group {group}"
+                f"warning: no worker has ever consumed group '{group}'{seen} — its tasks "
+                f"wait for: worker run --group {group}"
             )
+
+
+async def _declared(store: BlobStore, group: str) -> bool:
+    """Whether a worker has ever declared ``group``; True when the store cannot tell."""
+    try:
+        return await declared_pipeline(store, group) is not None
+    except PixfleetError as exc:  # advisory only: the publish reports the store itself
+        log.info("cannot read the declaration of %r: %s", group, exc.one_line())
+        return True
 
 
 @asynccontextmanager

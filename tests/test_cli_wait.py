@@ -78,8 +78,8 @@ def test_a_group_never_consumed_is_flagged_at_enqueue_but_still_queued(tmp_path:
     assert typo.returncode == 0, typo.stderr
     assert typo.stdout.startswith("queued ")
     assert typo.stderr.splitlines() == [
-        "warning: group 'thumbz' has never had a consumer (known groups: thumbs); its tasks "
-        "wait for: worker run --group thumbz"
+        "warning: no worker has ever consumed group 'thumbz' (known groups: thumbs) — its "
+        "tasks wait for: worker run --group thumbz"
     ]
     status = run_cli("producer", "status", "--json", home=tmp_path)
     assert {json.loads(x)["group"]: json.loads(x)["ready"] for x in status.stdout.splitlines()} == {
