@@ -30,6 +30,7 @@ from datetime import datetime
 from typing import Protocol, Self, TypeVar, runtime_checkable
 
 from pixfleet.envelope import Result, Task
+from pixfleet.fleet import ControlReply, ControlRequest, WorkerStatus
 
 M_co = TypeVar("M_co", Task, Result, covariant=True)
 D_co = TypeVar("D_co", covariant=True)
@@ -198,5 +199,54 @@ class Admin(Protocol):
         ...
 
 
-class Transport(Connected, TaskQueue, ReplyChannels, Inspector, Admin, Protocol):
+class ControlInbox(Subscription[ControlReply], Protocol):
+    """A requester's private inbox of control replies: iterate it, ``aclose`` it when done."""
+
+    @property
+    def address(self) -> str:
+        """What a :class:`~pixfleet.fleet.ControlRequest` carries as ``reply_to``."""
+        ...
+
+
+class Fleet(Protocol):
+    """The worker registry and the control plane (docs/operations.md, "The fleet").
+
+    Only workers of this deployment (same file / vhost / namespace) see each other. Bodies
+    that are not valid fleet messages are dropped with a log line, never raised.
+    """
+
+    async def heartbeat(self, status: WorkerStatus) -> None:
+        """Announce ``status`` (the latest one per worker id wins)."""
+        ...
+
+    async def leave(self, worker_id: str) -> None:
+        """The worker stopped on purpose: drop it from the roster now."""
+        ...
+
+    async def roster(self) -> list[WorkerStatus]:
+        """The latest status of every worker heard within ``ROSTER_WINDOW`` that did not
+        leave, with ``last_seen`` = when that status was written."""
+        ...
+
+    async def open_commands(
+        self, worker_id: str, groups: tuple[str, ...]
+    ) -> Subscription[ControlRequest]:
+        """Control requests sent from now on to this worker, to one of its groups or to all.
+        Returns once the subscription is in place (a request sent after that reaches it)."""
+        ...
+
+    async def send_control(self, request: ControlRequest) -> None:
+        """Broadcast ``request``; every worker it targets gets it (once per subscription)."""
+        ...
+
+    async def reply_control(self, reply: ControlReply, reply_to: str) -> None:
+        """Send ``reply`` to the inbox ``reply_to`` (lost quietly if the inbox is gone)."""
+        ...
+
+    async def open_control_inbox(self) -> ControlInbox:
+        """A private inbox for the replies to one's requests, ready before it returns."""
+        ...
+
+
+class Transport(Connected, TaskQueue, ReplyChannels, Inspector, Admin, Fleet, Protocol):
     """Every role of one broker connection. Build one with :func:`brokers.open_transport`."""

@@ -33,6 +33,19 @@ AMQP_TYPE_TASK = "pixfleet.task.v1"
 AMQP_TYPE_RESULT = "pixfleet.result.v1"
 
 
+#: The fleet: a stream of heartbeats, a direct exchange of control requests (routing keys
+#: ``all``, ``worker:<id>``, ``group:<g>``) and the requesters' exclusive reply queues.
+AMQP_WORKERS_STREAM = "pixfleet.workers"
+AMQP_CONTROL_EXCHANGE = "pixfleet.control"
+AMQP_TYPE_STATUS = "pixfleet.worker-status.v1"
+AMQP_TYPE_LEFT = "pixfleet.worker-left.v1"
+AMQP_TYPE_MARK = "pixfleet.roster-mark.v1"
+
+
+def amqp_control_inbox(address: str) -> str:
+    return f"pixfleet.control-reply.{address}"
+
+
 def amqp_group_header(group: str) -> str:
     return f"pixfleet-group-{group}"
 
@@ -65,6 +78,13 @@ KAFKA_HEADER_ATTEMPT = "pixfleet-attempt"  # deliveries before this retry copy w
 KAFKA_HEADER_NOT_BEFORE = "pixfleet-not-before"  # retry copies: epoch milliseconds
 KAFKA_HEADER_REASON = "pixfleet-reason"  # dead letters
 KAFKA_HEADER_CORRELATION = "correlation_id"  # results: the task's correlation id
+
+
+#: The fleet (heartbeats keyed by worker id, compacted; control requests; control replies).
+KAFKA_WORKERS_TOPIC = "pixfleet.workers"
+KAFKA_CONTROL_TOPIC = "pixfleet.control"
+KAFKA_CONTROL_REPLIES_TOPIC = "pixfleet.control-replies"
+KAFKA_HEADER_INBOX = "pixfleet-inbox"  # control replies: the requester's inbox address
 
 
 def kafka_retry_topic(group: str) -> str:

@@ -3,6 +3,7 @@
 worker run --group thumbs [--concurrency N] [--prefetch N] [--burst]
            [--broker URL] [--blobs URL] [--pipeline NAME|module:function]
            [--delivery-limit N] [--retry-backoff S] [--drain-timeout S] [--memory-limit MB]
+           [--heartbeat S]
 
 Every number is bounded (durations: finite, at most 7 days; --concurrency <= 256, --prefetch
 <= 10,000): a value out of range is one ``error[config.invalid]`` line, exit 1.
@@ -15,11 +16,13 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import typer
 
-from brokers import open_transport
+from brokers import Transport, open_transport
 from consumers.events import NO_EVENTS, EventFanout, WorkerEvents, WorkerStats
+from consumers.fleet import FleetMember
 from consumers.metrics import WorkerMetrics, serve_health
 from consumers.options import (
     ConcurrencyOpt,
@@ -43,6 +46,7 @@ from pixfleet.config import LogLevel
 from pixfleet.declared import declare_pipeline
 from pixfleet.envelope import is_group_name
 from pixfleet.errors import ConfigError, PixfleetError
+from pixfleet.fleet import HEARTBEAT, MAX_HEARTBEAT
 from pixfleet.images import Limits
 from pixfleet.runtime import (
     LogLevelOpt,
@@ -80,6 +84,13 @@ UnhealthyAfterOpt = typer.Option(
     envvar="PIXFLEET_UNHEALTHY_AFTER",
     help="/healthz fails once the worker has been reconnecting for this many seconds.",
 )
+HeartbeatOpt = typer.Option(
+    HEARTBEAT,
+    min=0.1,
+    max=MAX_HEARTBEAT,
+    envvar="PIXFLEET_HEARTBEAT",
+    help="Seconds between heartbeats (uploader workers: lost after 3 missed ones).",
+)
 ProgressEveryOpt = typer.Option(
     1.0,
     envvar="PIXFLEET_PROGRESS_EVERY",
@@ -106,6 +117,7 @@ def run_cmd(
     unhealthy_after: float = UnhealthyAfterOpt,
     memory_limit: int = MemoryLimitOpt,
     progress_every: float = ProgressEveryOpt,
+    heartbeat: float = HeartbeatOpt,
     log_level: LogLevel | None = LogLevelOpt,
     debug: bool = typer.Option(False, "--debug", help="Print tracebacks."),
 ) -> None:
@@ -123,7 +135,11 @@ def run_cmd(
     )  # fmt: skip
     urls = checked_urls(config)
     health = _Health(metrics_port, unhealthy_after)
-    stats = run_async(_serve(settings, *urls, pipeline, health=health), debug=debug)
+    serving = _serve(settings, *urls, pipeline, health=health, heartbeat=heartbeat)
+    _report(run_async(serving, debug=debug))
+
+
+def _report(stats: WorkerStats) -> None:
     counts = (stats.ok, stats.failed, stats.retried, stats.duplicates)
     log.info("worker stopped: %d ok, %d failed, %d retried, %d duplicate(s)", *counts)
 
@@ -150,19 +166,23 @@ async def _serve(
     events: WorkerEvents = NO_EVENTS,
     *,
     health: _Health = _Health(),
+    heartbeat: float = HEARTBEAT,
 ) -> WorkerStats:
     """Build the transport and the blob store from their URLs and serve with one worker; the
     transport plays both of the worker's roles (task queue and reply channels). With a
     metrics port, ``/metrics`` and ``/healthz`` are served while it runs."""
     if not health.port:
-        return await _serve_worker(settings, broker_url, blobs_url, pipeline_spec, events)
+        return await _serve_worker(
+            settings, broker_url, blobs_url, pipeline_spec, events, heartbeat=heartbeat
+        )
     metrics = WorkerMetrics(settings.group, unhealthy_after=health.unhealthy_after)
     server = await serve_health(metrics, "0.0.0.0", health.port)  # noqa: S104 - probes, scrapes
     try:
         events = EventFanout(events, metrics)
         return await _serve_worker(
-            settings, broker_url, blobs_url, pipeline_spec, events, metrics=metrics
-        )
+            settings, broker_url, blobs_url, pipeline_spec, events, metrics=metrics,
+            heartbeat=heartbeat,
+        )  # fmt: skip
     finally:
         server.close()
         await server.wait_closed()
@@ -176,6 +196,7 @@ async def _serve_worker(
     events: WorkerEvents,
     *,
     metrics: WorkerMetrics | None = None,
+    heartbeat: float = HEARTBEAT,
 ) -> WorkerStats:
     pipeline = resolve(settings.group, pipeline_spec)
     blob_store = open_blobstore(blobs_url)
@@ -192,15 +213,24 @@ async def _serve_worker(
             events=events,
         )
         _install_signal_handlers(worker)
-        if metrics is None:
-            return await worker.run()
-        async with metrics.watching(
-            lambda: worker.in_flight,
-            lambda: worker.free_slots,
-            transport,
-            on_broker=worker.health.probed,
-        ):
-            return await worker.run()
+        member = FleetMember(
+            transport, worker, groups=(settings.group,), concurrency=settings.concurrency,
+            transport=urlsplit(broker_url).scheme, heartbeat=heartbeat,
+        )  # fmt: skip
+        async with member:  # heartbeats and control requests while it runs
+            return await _run(worker, transport, metrics)
+
+
+async def _run(worker: Worker, transport: Transport, metrics: WorkerMetrics | None) -> WorkerStats:
+    if metrics is None:
+        return await worker.run()
+    async with metrics.watching(
+        lambda: worker.in_flight,
+        lambda: worker.free_slots,
+        transport,
+        on_broker=worker.health.probed,
+    ):
+        return await worker.run()
 
 
 async def _declare(store: BlobStore, group: str, pipeline: str) -> None:

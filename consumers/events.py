@@ -34,9 +34,10 @@ log = logging.getLogger(__name__)
 
 #: ``starting`` (built, not yet consuming) -> ``consuming`` -> ``draining`` (no new tasks,
 #: in-flight ones finish) -> ``consuming`` again (another ``--burst`` round) or ``stopped``.
+#: ``paused`` (``uploader control pause``): no new tasks until ``resume``, then ``consuming``.
 #: ``reconnecting`` stands in for ``consuming`` or ``draining`` while the broker is unavailable
 #: (the subscription failed, or a reply or settle did); the phase comes back once it answers.
-WorkerState = Literal["starting", "consuming", "reconnecting", "draining", "stopped"]
+WorkerState = Literal["starting", "consuming", "reconnecting", "paused", "draining", "stopped"]
 
 
 class WorkerEvents(Protocol):

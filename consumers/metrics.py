@@ -35,7 +35,14 @@ from pixfleet.errors import BrokerError, BrokerUnavailable, PixfleetError
 
 log = logging.getLogger(__name__)
 
-_STATES: tuple[WorkerState, ...] = ("starting", "consuming", "reconnecting", "draining", "stopped")
+_STATES: tuple[WorkerState, ...] = (
+    "starting",
+    "consuming",
+    "reconnecting",
+    "paused",
+    "draining",
+    "stopped",
+)
 
 
 #: Seconds between two looks at the group's backlog.

@@ -35,6 +35,7 @@ from typing import Any
 
 from brokers.contract import Delivery, ReplyChannels, Subscription, TaskQueue
 from brokers.policy import RECONNECT
+from consumers.control import Gate
 from consumers.events import NO_EVENTS, EventFanout, WorkerEvents, WorkerState, WorkerStats
 from consumers.handler import Handler
 from consumers.health import Health
@@ -90,6 +91,7 @@ class Worker:
             health=self.health,
         )
         self._stop = asyncio.Event()
+        self.gate = Gate()  # pause / resume (consumers.control); a stop shuts it for good
         self._in_flight: set[asyncio.Task[None]] = set()
 
     @property
@@ -113,17 +115,21 @@ class Worker:
         if not self._stop.is_set():
             log.info("stopping: finishing %d in-flight task(s)", len(self._in_flight))
         self._stop.set()
+        self.gate.stop()
 
     def abort(self) -> None:
         """Cancel in-flight tasks; the transport gives their deliveries back (second Ctrl-C)."""
         self._stop.set()
+        self.gate.stop()
         for task in self._in_flight:
             task.cancel()
 
     async def run(self) -> WorkerStats:
         """Serve until stopped or, with ``burst``, until the group has no backlog: a round
         consumes until the group is empty and drains; another round follows only if the last
-        one gave deliveries back for a retry."""
+        one gave deliveries back for a retry. Paused (:class:`~consumers.control.Gate`), it
+        leaves its subscription - deliveries not yet handed out go back - and waits for a
+        resume or a stop while in-flight tasks finish."""
         s = self.settings
         set_worker(self.info.id, s.group)
         log.info(
@@ -139,6 +145,10 @@ class Worker:
                 given_back = self.handler.given_back
                 self.health.phase("consuming")
                 await self._consume_until_stopped()
+                if not self._stop.is_set() and (self.gate.pausing or not s.burst):
+                    self.health.phase("paused")  # in-flight tasks finish meanwhile
+                    await self.gate.sit_out()
+                    continue
                 self.health.phase("draining")
                 await self._drain()
                 if self._stop.is_set() or not s.burst or self.handler.given_back == given_back:
@@ -152,7 +162,7 @@ class Worker:
         after a capped, jittered backoff, for as long as it takes. Broker errors that are not
         retryable (bad credentials, unknown vhost) end the worker."""
         failures = 0
-        while not self._stop.is_set():
+        while not self.gate.halted.is_set():
             try:
                 await self._consume_once()
                 return
@@ -162,14 +172,14 @@ class Worker:
                 failures += 1
                 self.health.trouble("subscription", err)
             try:
-                await asyncio.wait_for(self._stop.wait(), RECONNECT.delay(failures))
+                await asyncio.wait_for(self.gate.halted.wait(), RECONNECT.delay(failures))
             except TimeoutError:
                 continue
 
     async def _consume_once(self) -> None:
         s = self.settings
         stream = self.tasks.consume(s.group, prefetch=s.effective_prefetch, until_empty=s.burst)
-        stop: asyncio.Future[Any] = asyncio.ensure_future(self._stop.wait())
+        stop: asyncio.Future[Any] = asyncio.ensure_future(self.gate.halted.wait())
         try:
             async with aclosing(stream) as deliveries:
                 while (delivery := await self._next(deliveries, stop)) is not None:

@@ -262,6 +262,32 @@ class WorkerCrashed(PixfleetError):
     retryable = True
 
 
+# -- the fleet (worker registry and control plane) --------------------------------------------
+
+
+class FleetError(PixfleetError):
+    code = "fleet.error"
+
+
+class UnknownWorker(FleetError):
+    """``uploader control --worker ID`` names a worker the roster does not list as live."""
+
+    code = "fleet.unknown_worker"
+
+
+class NoControlReply(FleetError):
+    """No targeted worker answered a control request before the timeout."""
+
+    code = "fleet.no_reply"
+    retryable = True
+
+
+class ControlFailed(FleetError):
+    """A worker could not carry out a control request (in its reply's ``error``)."""
+
+    code = "fleet.control_failed"
+
+
 class ResultTimeout(PixfleetError):
     """``--wait`` gave up before every expected result arrived."""
 

@@ -11,6 +11,7 @@ uploader config show                                          (producer.config_c
 uploader samples DIR [--count N]
 uploader serve ...                                            (producer.serve)
 uploader dlq list|replay|purge, uploader purge                (producer.admin_cli)
+uploader workers, uploader control                            (producer.fleet_cli)
 
 Each command module registers here with one line.
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 import typer
 
 from pixfleet.runtime import guarded, root_options
-from producer import admin_cli, gc
+from producer import admin_cli, fleet_cli, gc
 from producer.config_cli import config_app
 from producer.enqueue import enqueue_cmd
 from producer.lookup import fetch_cmd, get_cmd, results_cmd
@@ -49,6 +50,7 @@ app.command("results")(results_cmd)
 app.command("get")(get_cmd)
 app.command("fetch")(fetch_cmd)
 admin_cli.register(app)
+fleet_cli.register(app)
 
 
 @app.command()

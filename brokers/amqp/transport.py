@@ -26,11 +26,13 @@ from brokers.amqp.admin import AmqpAdmin
 from brokers.amqp.channels import AmqpChannels
 from brokers.amqp.connection import AmqpConnection
 from brokers.amqp.failures import confirmed
+from brokers.amqp.fleet import AmqpFleet
 from brokers.amqp.settings import AmqpSettings
 from brokers.amqp.subscription import AmqpSubscription
-from brokers.contract import DeadLetter, Delivery, GroupStats, Subscription
+from brokers.contract import ControlInbox, DeadLetter, Delivery, GroupStats, Subscription
 from pixfleet.envelope import Result, Task, decode_result, decode_task, encode
 from pixfleet.errors import BrokerFull, PublishFailed, Unroutable
+from pixfleet.fleet import ControlReply, ControlRequest, WorkerStatus
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,7 @@ class AmqpTransport:
         self._channels = AmqpChannels(self._connection, self._consuming)
         self._inspector = self._channels.inspector
         self._admin = AmqpAdmin(self._channels)
+        self._fleet = AmqpFleet(self._channels)
         self._subs: set[AmqpSubscription[Any]] = set()  # open ones, closed by close()
 
     @classmethod
@@ -194,6 +197,31 @@ class AmqpTransport:
 
     async def purge(self, group: str) -> int:
         return await self._admin.purge(group)
+
+    # -- the fleet (brokers.amqp.fleet) -----------------------------------------------------
+
+    async def heartbeat(self, status: WorkerStatus) -> None:
+        await self._fleet.heartbeat(status)
+
+    async def leave(self, worker_id: str) -> None:
+        await self._fleet.leave(worker_id)
+
+    async def roster(self) -> list[WorkerStatus]:
+        return await self._fleet.roster()
+
+    async def open_commands(
+        self, worker_id: str, groups: tuple[str, ...]
+    ) -> Subscription[ControlRequest]:
+        return await self._fleet.open_commands(worker_id, groups)
+
+    async def send_control(self, request: ControlRequest) -> None:
+        await self._fleet.send_control(request)
+
+    async def reply_control(self, reply: ControlReply, reply_to: str) -> None:
+        await self._fleet.reply_control(reply, reply_to)
+
+    async def open_control_inbox(self) -> ControlInbox:
+        return await self._fleet.open_control_inbox()
 
 
 def _task_message(task: Task) -> Message:

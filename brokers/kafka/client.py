@@ -174,7 +174,7 @@ class KafkaClient:
     async def send(
         self,
         topic: str,
-        value: bytes,
+        value: bytes | None,
         *,
         key: bytes | None,
         headers: Headers,

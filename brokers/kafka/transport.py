@@ -26,15 +26,17 @@ from collections.abc import Collection
 from typing import Self
 
 from brokers import names
-from brokers.contract import DeadLetter, Delivery, GroupStats, Subscription
+from brokers.contract import ControlInbox, DeadLetter, Delivery, GroupStats, Subscription
 from brokers.kafka.admin import KafkaAdmin
 from brokers.kafka.client import KafkaClient
+from brokers.kafka.fleet import KafkaFleet
 from brokers.kafka.inspection import KafkaInspector
 from brokers.kafka.records import result_headers, task_headers
 from brokers.kafka.settings import KafkaSettings
 from brokers.kafka.subscription import KafkaSubscription
 from pixfleet.envelope import Result, Task, decode_result, decode_task, encode
 from pixfleet.errors import Unroutable
+from pixfleet.fleet import ControlReply, ControlRequest, WorkerStatus
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,7 @@ class KafkaTransport:
         self._client = KafkaClient(settings)
         self._inspector = KafkaInspector(self._client)
         self._admin = KafkaAdmin(self._client)
+        self._fleet = KafkaFleet(self._client)
 
     @classmethod
     def from_url(cls, url: str) -> KafkaTransport:
@@ -182,3 +185,28 @@ class KafkaTransport:
 
     async def purge(self, group: str) -> int:
         return await self._admin.purge(group)
+
+    # -- the fleet (brokers.kafka.fleet) ----------------------------------------------------
+
+    async def heartbeat(self, status: WorkerStatus) -> None:
+        await self._fleet.heartbeat(status)
+
+    async def leave(self, worker_id: str) -> None:
+        await self._fleet.leave(worker_id)
+
+    async def roster(self) -> list[WorkerStatus]:
+        return await self._fleet.roster()
+
+    async def open_commands(
+        self, worker_id: str, groups: tuple[str, ...]
+    ) -> Subscription[ControlRequest]:
+        return await self._fleet.open_commands(worker_id, groups)
+
+    async def send_control(self, request: ControlRequest) -> None:
+        await self._fleet.send_control(request)
+
+    async def reply_control(self, reply: ControlReply, reply_to: str) -> None:
+        await self._fleet.reply_control(reply, reply_to)
+
+    async def open_control_inbox(self) -> ControlInbox:
+        return await self._fleet.open_control_inbox()

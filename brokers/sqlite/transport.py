@@ -24,13 +24,15 @@ from typing import Self, TypeVar
 
 import brokers.sqlite.admin as admin_tx
 from brokers import names
-from brokers.contract import DeadLetter, Delivery, GroupStats, Subscription
+from brokers.contract import ControlInbox, DeadLetter, Delivery, GroupStats, Subscription
 from brokers.sqlite.committer import GroupCommitExecutor
 from brokers.sqlite.db import SqliteQueue
+from brokers.sqlite.fleet import SqliteFleet
 from brokers.sqlite.settings import SqliteSettings
 from brokers.sqlite.subscription import AnySubscription, SqliteSubscription
 from pixfleet.envelope import Result, Task, decode_result, decode_task, encode
 from pixfleet.errors import TransportClosed
+from pixfleet.fleet import ControlReply, ControlRequest, WorkerStatus
 
 __all__ = ["SqliteSettings", "SqliteTransport"]
 
@@ -53,6 +55,7 @@ class SqliteTransport:
         self._db: SqliteQueue | None = None
         self._executor: GroupCommitExecutor | None = None
         self._subs: dict[str, AnySubscription] = {}
+        self._fleet = SqliteFleet(self)
 
     @classmethod
     def from_url(cls, url: str) -> SqliteTransport:
@@ -210,3 +213,28 @@ class SqliteTransport:
 
     async def _admin(self, op: Callable[[sqlite3.Connection], T]) -> T:
         return await self.call(lambda db: db.transact(op))
+
+    # -- the fleet (brokers.sqlite.fleet) ---------------------------------------------------
+
+    async def heartbeat(self, status: WorkerStatus) -> None:
+        await self._fleet.heartbeat(status)
+
+    async def leave(self, worker_id: str) -> None:
+        await self._fleet.leave(worker_id)
+
+    async def roster(self) -> list[WorkerStatus]:
+        return await self._fleet.roster()
+
+    async def open_commands(
+        self, worker_id: str, groups: tuple[str, ...]
+    ) -> Subscription[ControlRequest]:
+        return await self._fleet.open_commands(worker_id, groups)
+
+    async def send_control(self, request: ControlRequest) -> None:
+        await self._fleet.send_control(request)
+
+    async def reply_control(self, reply: ControlReply, reply_to: str) -> None:
+        await self._fleet.reply_control(reply, reply_to)
+
+    async def open_control_inbox(self) -> ControlInbox:
+        return await self._fleet.open_control_inbox()
