@@ -48,6 +48,13 @@ def state_of(fleet: Fleet, worker_id: str) -> str | None:
     return None if row is None else str(row["state"])
 
 
+def small_photos(directory: Path, count: int) -> Path:
+    directory.mkdir()
+    for i in range(count):
+        (directory / f"p{i:02d}.jpg").write_bytes(images.jpeg_bytes(160, 120, seed=i))
+    return directory
+
+
 def enqueue_and_wait(fleet: Fleet, photos: Path, *params: str) -> subprocess.Popen[str]:
     extra = [arg for p in params for arg in ("--param", p)]
     return fleet.uploader_in_background(
@@ -88,8 +95,7 @@ def test_list_ping_pause_resume_shutdown_and_a_lost_worker(fleet: Fleet, tmp_pat
     [paused] = control(fleet, "pause", "--worker", a_id)
     assert (paused["worker"], paused["data"]["state"]) == (a_id, "paused")
     wait_until(lambda: state_of(fleet, a_id) == "paused", timeout=10, what="a listed paused")
-    twenty = tmp_path / "twenty"
-    images.write_samples(twenty, count=20)
+    twenty = small_photos(tmp_path / "twenty", 20)
     out, err = enqueue_and_wait(fleet, twenty).communicate(timeout=150)
     results = parse_results(out)
     assert len({r.task_id for r in results}) == 20, err
@@ -99,11 +105,10 @@ def test_list_ping_pause_resume_shutdown_and_a_lost_worker(fleet: Fleet, tmp_pat
     assert control(fleet, "resume", "--worker", a_id)[0]["ok"]
     control(fleet, "pause", "--worker", b_id)
     wait_until(lambda: state_of(fleet, a_id) == "consuming", timeout=10, what="a consuming")
-    three = tmp_path / "three"
-    images.write_samples(three, count=3)
+    three = small_photos(tmp_path / "three", 3)
     marks = tmp_path / "started"
     marks.mkdir()
-    waiting = enqueue_and_wait(fleet, three, "delay=1.5", f"started={marks}")
+    waiting = enqueue_and_wait(fleet, three, "delay=1", f"started={marks}")
     wait_until(lambda: held_tasks(marks)() >= 1, timeout=60, what="a to start a task")
 
     # shutdown drains a: the task it holds finishes, it exits 0; b (resumed) does the rest.
