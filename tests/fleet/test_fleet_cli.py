@@ -25,7 +25,9 @@ from tests.helpers import images
 
 __all__ = ["fleet"]  # the fixture, imported from the e2e suite
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+# One scenario of ~25-65 s per transport (Kafka's rebalances are the slow part): more than the
+# suite's default 120 s per test only on a crowded machine.
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(240)]
 
 SLOW = ("--pipeline", "tests.helpers.pipelines:slow", "--concurrency", "1", "--heartbeat", "1")
 
