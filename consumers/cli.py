@@ -16,6 +16,7 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import typer
@@ -34,6 +35,7 @@ from consumers.options import (
     PrefetchOpt,
     RetryBackoffOpt,
     TimeoutOpt,
+    worker_options,
     worker_settings,
 )
 from consumers.pipelines import BUILTIN, known, pipeline_name, resolve
@@ -72,11 +74,10 @@ app.callback()(root_options)
 
 
 MetricsPortOpt = typer.Option(
-    0,
+    None,
     min=0,
     max=65535,
-    envvar="PIXFLEET_METRICS_PORT",
-    help="Serve Prometheus /metrics and /healthz on this port (all interfaces); 0: off.",
+    help="Serve Prometheus /metrics and /healthz on this port (all interfaces); 0 (default): off.",
 )
 UnhealthyAfterOpt = typer.Option(
     60.0,
@@ -100,7 +101,9 @@ ProgressEveryOpt = typer.Option(
 
 @app.command("run")
 def run_cmd(
-    group: str = typer.Option(..., "--group", "-g", help="Consumer group (= pipeline name)."),
+    group: str = typer.Option(
+        None, "--group", "-g", help="Consumer group (= pipeline name); or PIXFLEET_GROUP."
+    ),
     concurrency: int = ConcurrencyOpt,
     prefetch: int = PrefetchOpt,
     burst: bool = typer.Option(False, "--burst", help="Exit once the group's backlog is empty."),
@@ -121,27 +124,45 @@ def run_cmd(
     log_level: LogLevel | None = LogLevelOpt,
     debug: bool = typer.Option(False, "--debug", help="Print tracebacks."),
 ) -> None:
-    """Serve GROUP until SIGTERM/SIGINT (which drains) or, with --burst, its backlog is empty."""
+    """Serve GROUP until SIGTERM/SIGINT (which drains) or, with --burst, its backlog is empty.
+    Main options also from PIXFLEET_<OPTION> or [worker] in pixfleet.toml (flag > env > file)."""
     config = settings_or_fail(broker=broker, blobs=blobs, log_level=log_level)
     configure_logging("debug" if debug else effective_level(log_level, config.log_level, "info"))
-    if not is_group_name(group):
-        fail(ConfigError(f"invalid group name {group!r} (use a-z, 0-9, _ and -)").one_line())
-    settings = worker_settings(
-        group=group, concurrency=concurrency, prefetch=prefetch,
-        limits=Limits(max_pixels=max_pixels, max_bytes=max_bytes, timeout=timeout),
-        delivery_limit=delivery_limit, retry_backoff=retry_backoff,
-        drain_timeout=drain_timeout, burst=burst, memory_limit_mb=memory_limit,
-        progress_every=progress_every,
+    o = worker_options(
+        group=group, pipeline=pipeline, concurrency=concurrency, prefetch=prefetch,
+        timeout=timeout, delivery_limit=delivery_limit, drain_timeout=drain_timeout,
+        memory_limit=memory_limit, metrics_port=metrics_port,
     )  # fmt: skip
+    limits = Limits(max_pixels=max_pixels, max_bytes=max_bytes, timeout=o["timeout"])
+    settings = _settings(o, limits, retry_backoff, burst=burst, progress_every=progress_every)
     urls = checked_urls(config)
-    health = _Health(metrics_port, unhealthy_after)
-    serving = _serve(settings, *urls, pipeline, health=health, heartbeat=heartbeat)
+    health = _Health(o["metrics_port"], unhealthy_after)
+    serving = _serve(settings, *urls, o["pipeline"], health=health, heartbeat=heartbeat)
     _report(run_async(serving, debug=debug))
 
 
 def _report(stats: WorkerStats) -> None:
     counts = (stats.ok, stats.failed, stats.retried, stats.duplicates)
     log.info("worker stopped: %d ok, %d failed, %d retried, %d duplicate(s)", *counts)
+
+
+def _settings(
+    o: dict[str, Any], limits: Limits, retry_backoff: float, *, burst: bool, progress_every: float
+) -> WorkerSettings:
+    _check_group(o["group"])
+    return worker_settings(
+        group=o["group"], concurrency=o["concurrency"], prefetch=o["prefetch"], limits=limits,
+        delivery_limit=o["delivery_limit"], retry_backoff=retry_backoff,
+        drain_timeout=o["drain_timeout"], burst=burst, memory_limit_mb=o["memory_limit"],
+        progress_every=progress_every,
+    )  # fmt: skip
+
+
+def _check_group(group: str | None) -> None:
+    if group is None:
+        fail(ConfigError("missing --group (or PIXFLEET_GROUP, or group in [worker])").one_line())
+    if not is_group_name(group):
+        fail(ConfigError(f"invalid group name {group!r} (use a-z, 0-9, _ and -)").one_line())
 
 
 @app.command()

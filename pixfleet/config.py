@@ -10,6 +10,11 @@ environment, in lower case and without the prefix::
     blobs = "s3://pixfleet/blobs?region=eu-west-1"
     log_level = "warning"
 
+    [worker]             # worker run's options (env: PIXFLEET_CONCURRENCY, ...)
+    group = "thumbs"
+    concurrency = 4
+    timeout = 30.0
+
 Unknown keys and bad values are refused (``config.invalid``, naming the source), never ignored.
 """
 
@@ -23,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from platformdirs import user_data_dir
-from pydantic import Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -36,6 +41,7 @@ from pixfleet.errors import ConfigError
 ENV_HOME = "PIXFLEET_HOME"
 ENV_CONFIG = "PIXFLEET_CONFIG"
 CONFIG_FILE = "pixfleet.toml"
+WORKER_TABLE = "worker"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LogLevel = Literal["debug", "info", "warning", "error"]
 
@@ -145,6 +151,7 @@ def _file_values(path: Path) -> dict[str, Any]:
         values = dict(TomlConfigSettingsSource(Settings, toml_file=path)())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    values.pop(WORKER_TABLE, None)  # worker run's own table: load_worker
     unknown = sorted(set(values) - set(Settings.model_fields))
     if unknown:
         known = ", ".join(Settings.model_fields)
@@ -165,3 +172,70 @@ def _explain(exc: ValidationError, sources: Mapping[str, Source]) -> str:
     key = str(first["loc"][0]) if first["loc"] else "settings"
     where = sources.get(key, "settings")
     return f"{key} ({where}): {first['msg']}"
+
+
+# -- worker run's options --------------------------------------------------------------------
+
+
+class WorkerOptions(BaseModel):
+    """``worker run``'s options that the environment (``PIXFLEET_<KEY>``) and the config
+    file's ``[worker]`` table may set; None: not set there. Types are checked here, ranges by
+    the worker (:mod:`consumers.options`, the same bounds as its flags)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    group: str | None = None
+    pipeline: str | None = None
+    concurrency: int | None = None
+    prefetch: int | None = None
+    timeout: float | None = None
+    delivery_limit: int | None = None
+    drain_timeout: float | None = None
+    memory_limit: int | None = None
+    metrics_port: int | None = None
+
+
+@dataclass(frozen=True)
+class WorkerEffective:
+    """The worker options that were set (flag, env or file) and where each came from."""
+
+    values: dict[str, Any]
+    sources: dict[str, Source]
+
+
+def load_worker(config: Path | None = None, **flags: Any) -> WorkerEffective:
+    """``worker run``'s options: flags (None: not given) > ``PIXFLEET_<KEY>`` > the config
+    file's ``[worker]`` table. Raises :class:`ConfigError` naming the source of a bad value."""
+    path = config_file(config)
+    layers: list[tuple[Source, dict[str, Any]]] = [
+        ("flag", {k: v for k, v in flags.items() if v is not None}),
+        ("env", _worker_env()),
+        (f"file {path} [worker]", _worker_file(path)),
+    ]
+    merged: dict[str, Any] = {}
+    sources: dict[str, Source] = {}
+    for name, values in reversed(layers):
+        merged.update(values)
+        sources.update({key: _label(name, key) for key in values})
+    try:
+        options = WorkerOptions.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, sources)) from exc
+    return WorkerEffective(options.model_dump(exclude_none=True), sources)
+
+
+def _worker_env() -> dict[str, Any]:
+    found = {key: os.environ.get(f"PIXFLEET_{key.upper()}") for key in WorkerOptions.model_fields}
+    return {key: value for key, value in found.items() if value}
+
+
+def _worker_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        table = tomllib.loads(path.read_text()).get(WORKER_TABLE, {})
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    if not isinstance(table, dict):
+        raise ConfigError(f"config file {path}: [{WORKER_TABLE}] must be a table")
+    return table

@@ -7,8 +7,9 @@ import json
 
 import typer
 
-from pixfleet.config import Effective
-from pixfleet.runtime import effective_or_fail
+from pixfleet.config import Effective, WorkerOptions, load_worker
+from pixfleet.errors import ConfigError
+from pixfleet.runtime import effective_or_fail, fail
 from pixfleet.settings import redact
 
 config_app = typer.Typer(no_args_is_help=True, help="The effective configuration.")
@@ -25,7 +26,7 @@ def show_cmd(
     Precedence: flags > environment > config file (--config, $PIXFLEET_CONFIG, else
     pixfleet.toml in the data dir) > defaults."""
     effective = effective_or_fail(broker=broker, blobs=blobs)
-    values = shown(effective)
+    values = shown(effective) | worker_shown()
     if as_json:
         typer.echo(
             json.dumps(
@@ -59,4 +60,20 @@ def shown(effective: Effective) -> dict[str, tuple[str, str]]:
         "broker": (redact(s.broker_url), source("broker")),
         "blobs": (redact(s.blobs_url), source("blobs")),
         "log_level": (s.log_level or "(command default)", source("log_level")),
+    }
+
+
+def worker_shown() -> dict[str, tuple[str, str]]:
+    """``worker run``'s options that env/config set, as ``worker.KEY``; the rest are the
+    worker's defaults (or its flags)."""
+    try:
+        worker = load_worker()
+    except ConfigError as exc:
+        fail(exc.one_line())
+    return {
+        f"worker.{key}": (
+            str(worker.values[key]) if key in worker.values else "(worker default)",
+            worker.sources.get(key, "default"),
+        )
+        for key in WorkerOptions.model_fields
     }

@@ -54,7 +54,9 @@ def test_the_memory_limit_comes_from_the_environment_too() -> None:
         worker_app, ["run", "-g", "thumbs"], env={"PIXFLEET_MEMORY_LIMIT": "12"}
     )
     assert result.exit_code == 1
-    assert result.output.startswith("error[config.invalid]: --memory-limit must be 0 (no cap)")
+    assert result.output.startswith(
+        "error[config.invalid]: memory_limit (env PIXFLEET_MEMORY_LIMIT) must be 0 (no cap)"
+    )
 
 
 @pytest.mark.parametrize("value", ["inf", "nan", "-5", "1e9"])
