@@ -9,8 +9,9 @@ Where each number comes from:
 * the broker's :class:`~brokers.contract.Inspector` gives ready, dead, consumers, and in-flight
   where the broker can tell (SQLite's leases);
 * where it cannot (RabbitMQ without the management plugin, Kafka), in-flight is the sum of what
-  the group's live workers reported in their last heartbeat (the fleet roster, when the
-  transport keeps one); on Kafka ``ready`` is then the lag less that in-flight;
+  the group's live workers reported in their last heartbeat (the fleet roster); on Kafka
+  ``ready`` is then the lag less that in-flight. With no live worker of the group heartbeating
+  (a consumer that is not a pixfleet worker) it is unknown;
 * ``rate`` comes from the workers' heartbeat counters (ok + failed): between two looks with
   ``--watch``, else their average since each worker started.
 
@@ -124,20 +125,20 @@ def _row(
     before: GroupRow | None,
     seconds: float,
 ) -> GroupRow:
-    mine = [b for b in beats or () if stats.group in b.groups]
+    mine = [b for b in beats or () if stats.group in b.groups]  # none: nobody to ask
     in_flight = stats.in_flight
-    if in_flight is None and beats is not None:
+    if in_flight is None and mine:
         in_flight = sum(b.in_flight for b in mine)
     lag = stats.ready if kafka else None
     ready = max(0, stats.ready - (in_flight or 0)) if kafka else stats.ready
-    finished = sum(b.ok + b.failed for b in mine) if beats is not None else None
+    finished = sum(b.ok + b.failed for b in mine) if mine else None
     return GroupRow(
         stats.group,
         ready,
         in_flight,
         stats.dead,
         stats.consumers,
-        _rate(mine, finished, before, seconds) if beats is not None else None,
+        _rate(mine, finished, before, seconds) if mine else None,
         lag,
         finished,
     )

@@ -20,10 +20,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO
 
+import pytest
+
 from brokers import Transport, open_transport
 from brokers.contract import DeadLetter, GroupStats
 from producer.status import GroupRow, look
 from tests.conftest import BrokerUnderTest
+from tests.helpers import images
 from tests.helpers.cli import REPO
 from tests.helpers.tasks import make_task, unique
 
@@ -96,7 +99,8 @@ async def test_every_column_on_every_transport(broker: BrokerUnderTest) -> None:
             beats[0] = Beat((group,), in_flight=1, ok=50)
             second = await look(WithRoster(transport, beats), kafka=kafka, before=first)
             await held.ack()
-    # Without heartbeats only the broker speaks: SQLite counts its leases, the others cannot.
+    # Without heartbeats of the group's workers (the holder here is no pixfleet worker) only
+    # the broker speaks: SQLite counts its leases, the others cannot.
     assert plain.in_flight == (1 if broker.kind == "sqlite" else None)
     assert plain.rate is None and plain.dead == 0 and plain.consumers == 1
     assert plain.lag == (3 if kafka else None)
@@ -149,3 +153,55 @@ def test_watch_redraws_until_interrupted(tmp_path: Path) -> None:
         "group": group, "ready": 1, "in_flight": 0, "dead": 0, "consumers": 0, "rate": None,
         "lag": None,
     }  # fmt: skip
+
+
+def test_in_flight_comes_from_the_workers_heartbeats(
+    broker: BrokerUnderTest, tmp_path: Path
+) -> None:
+    """A real worker process holding a slow task: ``uploader status --json`` shows it in flight
+    where the broker cannot count it (RabbitMQ, Kafka), from the worker's heartbeats."""
+    if broker.kind == "sqlite":
+        pytest.skip("SQLite counts its leases itself (test_every_column_on_every_transport)")
+    group, photo = unique("slow"), tmp_path / "photo.jpg"
+    photo.write_bytes(images.jpeg_bytes(64, 48))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PIXFLEET_HOME": str(tmp_path / "home")}
+    env["PIXFLEET_BROKER"] = broker.url
+    worker = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "consumers", "run", "-g", group, "-c", "1"),
+            *("--pipeline", "tests.helpers.pipelines:slow", "--heartbeat", "0.5"),
+        ],
+        cwd=REPO,
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        queued = subprocess.run(
+            [sys.executable, "-m", "producer", "enqueue", str(photo), "-g", group, "-p", "delay=6"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert queued.returncode == 0, queued.stderr
+        seen = _poll_status(env, group, lambda row: row["in_flight"] == 1, 20)
+        assert seen["in_flight"] == 1 and seen["consumers"] != 0, seen
+        assert seen["rate"] is not None  # from the heartbeats' counters
+    finally:
+        worker.kill()  # the slow task goes back to the broker; nothing else uses this group
+        worker.wait(timeout=60)
+
+
+def _poll_status(
+    env: dict[str, str], group: str, done: Callable[[dict[str, object]], bool], timeout: float
+) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    row: dict[str, object] = {}
+    while time.monotonic() < deadline:
+        out = subprocess.run(
+            [sys.executable, "-m", "producer", "status", "--json"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=True,
+        ).stdout  # fmt: skip
+        rows = [json.loads(line) for line in out.splitlines()]
+        row = next((r for r in rows if r["group"] == group), {})
+        if row and done(row):
+            return row
+        time.sleep(0.3)
+    raise AssertionError(f"status never showed it: {row}")
