@@ -4,6 +4,12 @@ blob store's (by default both under the data dir).
 A read-only or full directory is reported as what it is - ``storage.read_only`` /
 ``storage.full``, naming the directory - before any broker or store is opened, instead of
 surfacing later as an unreachable broker. Remote brokers and stores are not checked here.
+
+A directory that becomes read-only or full *while* a command runs is reported the same way by
+the adapters (the sqlite broker, the file blob store) with the classes below: each is both the
+storage error (its code: ``storage.full`` / ``storage.read_only``) and the adapter's
+``*.unavailable`` error, so every caller that retries an unavailable broker or store - a worker
+retrying a task until its delivery limit, then answering with an error result - still does.
 """
 
 from __future__ import annotations
@@ -13,7 +19,13 @@ import os
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from pixfleet.errors import StorageError, StorageFull, StorageReadOnly
+from pixfleet.errors import (
+    BlobUnavailable,
+    BrokerUnavailable,
+    StorageError,
+    StorageFull,
+    StorageReadOnly,
+)
 from pixfleet.private import make_private_dirs
 
 _HINT = "point PIXFLEET_HOME (or --broker/--blobs) at a writable directory with free space"
@@ -67,3 +79,43 @@ def check_local_storage(broker_url: str, blobs_url: str) -> None:
     """:func:`check_writable` for every local directory of the two URLs."""
     for directory in local_dirs(broker_url, blobs_url):
         check_writable(directory)
+
+
+class BrokerStorageFull(StorageFull, BrokerUnavailable):
+    """The embedded broker's file system filled up while it ran (``storage.full``)."""
+
+
+class BrokerStorageReadOnly(StorageReadOnly, BrokerUnavailable):
+    """The embedded broker's file system became read-only (``storage.read_only``); retried
+    like an unavailable broker, as it may be remounted."""
+
+    retryable = True
+
+
+class BlobStorageFull(StorageFull, BlobUnavailable):
+    """The file blob store's file system filled up while it ran (``storage.full``)."""
+
+
+class BlobStorageReadOnly(StorageReadOnly, BlobUnavailable):
+    """The file blob store's file system became read-only (``storage.read_only``)."""
+
+    retryable = True
+
+
+def blob_storage_error(exc: OSError) -> BlobUnavailable | None:
+    """An ``OSError`` of the file blob store as a storage error, if it is one (no space or
+    quota left, a read-only file system), naming the file when the error does."""
+    where = f"the file blob store ({exc.filename})" if exc.filename else "the file blob store"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return BlobStorageFull(f"no space left in {where}: {exc.strerror}; {_HINT}")
+    if exc.errno == errno.EROFS:
+        return BlobStorageReadOnly(f"{where} is not writable: {exc.strerror}; {_HINT}")
+    return None
+
+
+def broker_storage_error(path: Path, full: bool, message: str) -> BrokerUnavailable:
+    """The embedded broker's database ``path`` is on a full (``full``) or read-only file
+    system; ``message`` is the database's own."""
+    if full:
+        return BrokerStorageFull(f"no space left for sqlite database {path}: {message}; {_HINT}")
+    return BrokerStorageReadOnly(f"sqlite database {path} is not writable: {message}; {_HINT}")

@@ -8,6 +8,8 @@ executor.
 
 from __future__ import annotations
 
+import errno
+import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,6 +23,7 @@ from brokers.sqlite.schema import create_schema
 from brokers.sqlite.transactions import Claimed
 from pixfleet.errors import BrokerError, BrokerUnavailable
 from pixfleet.private import touch_private
+from pixfleet.storage import broker_storage_error
 
 T = TypeVar("T")
 
@@ -37,12 +40,34 @@ _TRANSIENT = {
 
 
 def translate(path: Path, exc: sqlite3.Error) -> BrokerError:
-    """A sqlite3 error as a broker error: :class:`BrokerUnavailable` for the transient kinds
-    (locked longer than ``busy_timeout``, disk full or failing), :class:`BrokerError` else."""
+    """A sqlite3 error as a broker error: ``storage.full`` / ``storage.read_only`` for a full
+    or read-only file system (:mod:`pixfleet.storage`: still a :class:`BrokerUnavailable`),
+    :class:`BrokerUnavailable` for the other transient kinds (locked longer than
+    ``busy_timeout``, a failing disk), :class:`BrokerError` else."""
     code = getattr(exc, "sqlite_errorcode", None)
-    if code is not None and code & 0xFF in _TRANSIENT:
+    primary = None if code is None else code & 0xFF
+    text = str(exc)
+    if primary == sqlite3.SQLITE_FULL or "database or disk is full" in text:
+        return broker_storage_error(path, True, text)
+    if primary == sqlite3.SQLITE_READONLY or "readonly database" in text:
+        return broker_storage_error(path, False, text)
+    if primary in _TRANSIENT:
         return BrokerUnavailable(f"sqlite database {path} unavailable: {exc}")
     return BrokerError(f"sqlite error on {path}: {exc}")
+
+
+def _open_error(path: Path, message: str) -> BrokerUnavailable:
+    """Why ``path`` cannot be opened: its directory's file system is read-only or full
+    (``storage.*``), or the database is unavailable."""
+    try:
+        stats = os.statvfs(path.parent)
+    except OSError:
+        return BrokerUnavailable(f"cannot open sqlite database {path}: {message}")
+    if stats.f_flag & os.ST_RDONLY:
+        return broker_storage_error(path, False, message)
+    if stats.f_bavail == 0:
+        return broker_storage_error(path, True, message)
+    return BrokerUnavailable(f"cannot open sqlite database {path}: {message}")
 
 
 class SqliteQueue:
@@ -65,8 +90,10 @@ class SqliteQueue:
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._db.execute("PRAGMA foreign_keys=ON")
         except sqlite3.Error as exc:
-            raise BrokerUnavailable(f"cannot open sqlite database {path}: {exc}") from exc
+            raise _open_error(path, str(exc)) from exc
         except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                raise broker_storage_error(path, exc.errno != errno.EROFS, str(exc)) from exc
             raise BrokerUnavailable(f"cannot create {path.parent}: {exc.strerror}") from exc
         self._batching = False
         self.transact(create_schema)

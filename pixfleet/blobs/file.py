@@ -35,6 +35,7 @@ from pixfleet.errors import (
 from pixfleet.images import MAX_BYTES
 from pixfleet.private import FILE_MODE, make_private_dirs
 from pixfleet.settings import redact
+from pixfleet.storage import blob_storage_error
 
 T = TypeVar("T")
 _STAGING = ".staging"
@@ -243,4 +244,7 @@ async def _io(fn: Callable[..., T], *args: object) -> T:
     except FileExistsError:
         raise
     except OSError as exc:
+        storage = blob_storage_error(exc)
+        if storage is not None:
+            raise storage from exc
         raise BlobUnavailable(f"blob store I/O failed: {exc.strerror or exc}") from exc

@@ -175,10 +175,10 @@ async def test_blob_store_full_gives_typed_error_results_and_no_tmp_files(
     bench: Bench, broker: BrokerUnderTest, tmp_path: Path
 ) -> None:
     """The blob store's disk fills up after the uploads, once the workers run (a worker does
-    not start on a full store: ``storage.full``): every task fails with a typed,
-    retryable ``blob.unavailable`` error until its delivery limit, then gets an error result
-    (unrecorded: the store cannot take the record either) and one dead letter; no write leaves
-    a ``.tmp`` file behind."""
+    not start on a full store: ``storage.full``): every task fails with a typed, retryable
+    ``storage.full`` error (a ``blob.unavailable`` too) until its delivery limit, then gets an
+    error result (unrecorded: the store cannot take the record either) and one dead letter; no
+    write leaves a ``.tmp`` file behind."""
     with _tmpfs(tmp_path / "full", "8m") as mount:
         bench.store = FileBlobStore(mount / "blobs")
         photo = await bench.upload(images.jpeg_bytes(96, 72))
@@ -202,6 +202,6 @@ async def test_blob_store_full_gives_typed_error_results_and_no_tmp_files(
     assert row.report.executions <= limit * len(tasks)
     assert {r.attempt for r in row.results} == {limit}
     assert {(r.status, r.error.code if r.error else "") for r in row.results} == {
-        ("error", "blob.unavailable")
+        ("error", "storage.full")
     }
     assert all(r.error and "No space left on device" in r.error.message for r in row.results)
