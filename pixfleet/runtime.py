@@ -51,7 +51,8 @@ def set_log_format(log_format: str | None) -> None:
     if log_format not in LOG_FORMATS:
         fail(
             ConfigError(
-                f"--log-format {log_format!r} is not one of {', '.join(LOG_FORMATS)}"
+                f"log format {log_format!r} (--log-format, {ENV_LOG_FORMAT}) is not one of "
+                f"{', '.join(LOG_FORMATS)}"
             ).one_line(),
             EXIT_USAGE,
         )
