@@ -69,6 +69,12 @@ HINTS: dict[str, str] = {
     "storage": "point PIXFLEET_HOME (or --broker/--blobs) at a writable directory with free space",
     "blob": "check the blob store: --blobs, $PIXFLEET_BLOBS or `blobs` in pixfleet.toml",
     "pipeline.unknown": "`worker pipelines` lists the known pipelines",
+    "input.missing": "check the path",
+    "input.unreadable": "check the file's permissions",
+    "input.empty": "the file has no bytes (an unfinished copy?)",
+    "input.too_large": "raise --max-bytes / --max-pixels, or shrink the image",
+    "input.not_image": "give JPEG, PNG, GIF, WebP, TIFF or BMP files",
+    "input.none": "give image files, or directories holding them",
     "params": "docs/pipelines.md lists each pipeline's parameters",
     "result.timeout": "is a worker serving the group (`worker run --group G`)? late results: "
     "`uploader results`",

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import typer
 
-from pixfleet.runtime import guarded, root_options
+from pixfleet.runtime import guarded, root_options, stdout_closed
 from producer import admin_cli, fleet_cli, gc
 from producer.config_cli import config_app
 from producer.enqueue import enqueue_cmd
@@ -59,8 +59,11 @@ def samples(
     count: int = typer.Option(6, min=1, max=1000, help="How many."),
 ) -> None:
     """Write a few sample photos (one with EXIF orientation 6 and GPS tags)."""
-    for path in write_samples(directory, count):
-        typer.echo(str(path))
+    try:
+        for path in write_samples(directory, count):
+            typer.echo(str(path))
+    except BrokenPipeError:  # | head: the reader has what it wanted
+        stdout_closed()
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ from pixfleet.params import from_pairs
 from pixfleet.runtime import (
     EXIT_FAILURE,
     EXIT_TIMEOUT,
+    HINTS,
     cli_urls,
     configure_logging,
     fail,
@@ -78,7 +79,8 @@ def enqueue_cmd(  # noqa: PLR0917 - Typer commands take one positional per optio
     limits = Limits(max_pixels=max_pixels, max_bytes=max_bytes)
     candidates, rejected = _vet_all(files, limits)
     if not candidates:
-        fail(f"error[input.none]: nothing to enqueue ({rejected} file(s) rejected)")
+        hint = HINTS["input.none"]
+        fail(f"error[input.none]: nothing to enqueue ({rejected} file(s) rejected) (hint: {hint})")
     batch = _Batch(candidates, limits, options, task_id, timeout=timeout, as_json=as_json)
     code = run_async(_enqueue_all(*cli_urls(broker, blobs), batch), debug=debug)
     if code == 0 and rejected:
@@ -122,7 +124,7 @@ def _vet_all(paths: list[Path], limits: Limits) -> tuple[list[Path], int]:
             candidates.append(path)
         except PixfleetError as exc:
             rejected += 1
-            sys.stderr.write(exc.one_line() + "\n")
+            sys.stderr.write(with_hint(exc) + "\n")
     return candidates, rejected
 
 
