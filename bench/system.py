@@ -29,14 +29,21 @@ from pixfleet.blobs import store_upload
 from pixfleet.blobs.file import FileBlobStore
 from pixfleet.envelope import BlobRef, Task
 
+#: Rounds of each rate; the best one counts (the least disturbed by other jobs on the machine).
+ROUNDS = 2
+
 
 def bare_rate(images: list[bytes], processes: int) -> float:
-    """Images/s of ``processes`` plain processes running the pipeline (pool start excluded)."""
+    """Images/s of ``processes`` plain processes running the pipeline (pool start excluded),
+    the best of ``ROUNDS``."""
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
         pool.map(thumbs, images[:processes])  # imports done, caches warm
-        started = time.perf_counter()
-        pool.map(thumbs, images, chunksize=1)
-        return len(images) / (time.perf_counter() - started)
+        best = 0.0
+        for _ in range(ROUNDS):
+            started = time.perf_counter()
+            pool.map(thumbs, images, chunksize=1)
+            best = max(best, len(images) / (time.perf_counter() - started))
+        return best
 
 
 async def _run_batch(transport: Transport, refs: list[BlobRef], group: str) -> float:
@@ -85,8 +92,8 @@ class Fleet:
 
 
 async def fleet(url: str, images: list[bytes], workers: int, *, singles: int = 0) -> Fleet:
-    """Images/s of ``workers`` worker processes on ``images``, then ``singles`` photos one at a
-    time on the idle fleet."""
+    """Images/s of ``workers`` worker processes on ``images`` (the best of ``ROUNDS``), then
+    ``singles`` photos one at a time on the idle fleet."""
     group = f"bench-sys-{uuid.uuid4().hex[:6]}"
     argv = ("-c", "1", "--pipeline", "thumbs")
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as procs:
@@ -98,7 +105,7 @@ async def fleet(url: str, images: list[bytes], workers: int, *, singles: int = 0
                 procs.enter_context(worker_process(url, blobs, group, *argv))
             await wait_for_consumers(transport, group, workers)
             await _run_batch(transport, refs[:workers], group)  # warm-up: pools started
-            rate = await _run_batch(transport, refs, group)
+            rate = max([await _run_batch(transport, refs, group) for _ in range(ROUNDS)])
             latencies, alone = await _one_by_one(transport, store, images[:singles], group)
     return Fleet(rate, latencies, alone)
 
