@@ -117,7 +117,7 @@ class ControlLoop:
                     self.ready.set()
                     failures = 0
                     async for request in commands:
-                        await self._answer(request)
+                        await self._answer_safely(request)
                 return
             except BrokerError as err:
                 self.ready.clear()
@@ -125,6 +125,14 @@ class ControlLoop:
                 wait = RECONNECT.delay(failures)
                 log.warning("control requests unavailable (%s); again in %.1fs", err.code, wait)
                 await asyncio.sleep(wait)
+
+    async def _answer_safely(self, request: ControlRequest) -> None:
+        """Answer ``request``; a failure is logged with its traceback and the loop goes on
+        (a control request never stops the worker, as a delivery never does)."""
+        try:
+            await self._answer(request)
+        except Exception:
+            log.exception("control %s (request %s) failed", request.command, request.id)
 
     async def _answer(self, request: ControlRequest) -> None:
         log.info("control %s (request %s)", request.command, request.id)
