@@ -28,6 +28,9 @@ from pixfleet.fleet import WorkerStatus
 
 log = logging.getLogger(__name__)
 
+#: Seconds a stopping worker gives its fleet tasks to end, and its leave to be sent.
+LEAVE_TIMEOUT = 2.0
+
 
 def _version() -> str:
     try:
@@ -68,15 +71,21 @@ class FleetMember:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        """Stop both tasks and leave the roster, each within :data:`LEAVE_TIMEOUT`: a worker
+        whose broker is away must still exit promptly (it then drops out of the roster by
+        itself). A task that ignores its cancellation (a client library reconnecting) is left
+        to the event loop's shutdown."""
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        done, _ = await asyncio.wait(self._tasks, timeout=LEAVE_TIMEOUT)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                log.warning("fleet task %s failed: %r", task.get_name(), task.exception())
         try:
-            await self._fleet.leave(self._worker.info.id)
-        except BrokerError as err:
-            log.info("could not leave the roster (%s); it drops out by itself", err.code)
+            async with asyncio.timeout(LEAVE_TIMEOUT):
+                await self._fleet.leave(self._worker.info.id)
+        except (BrokerError, TimeoutError) as err:
+            log.info("could not leave the roster (%r); it drops out by itself", err)
 
     def status(self) -> WorkerStatus:
         w = self._worker
