@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,14 +58,31 @@ def small_photos(directory: Path, count: int) -> Path:
     return directory
 
 
-def enqueue_and_wait(fleet: Fleet, photos: Path, *params: str) -> subprocess.Popen[str]:
+@pytest.fixture
+def uploads() -> Iterator[list[subprocess.Popen[str]]]:
+    """Background uploaders of a test, killed at its end if still running (a failed test)."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+
+
+def enqueue_and_wait(
+    fleet: Fleet, uploads: list[subprocess.Popen[str]], photos: Path, *params: str
+) -> subprocess.Popen[str]:
     extra = [arg for p in params for arg in ("--param", p)]
-    return fleet.uploader_in_background(
+    proc = fleet.uploader_in_background(
         "enqueue", str(photos), *extra, "--wait", "--json", "--timeout", "120"
     )
+    uploads.append(proc)
+    return proc
 
 
-def test_list_ping_pause_resume_shutdown_and_a_lost_worker(fleet: Fleet, tmp_path: Path) -> None:
+def test_list_ping_pause_resume_shutdown_and_a_lost_worker(
+    fleet: Fleet, uploads: list[subprocess.Popen[str]], tmp_path: Path
+) -> None:
     started = time.monotonic()
     a, b = fleet.worker(*SLOW), fleet.worker(*SLOW)
     host = socket.gethostname()
@@ -98,7 +116,7 @@ def test_list_ping_pause_resume_shutdown_and_a_lost_worker(fleet: Fleet, tmp_pat
     assert (paused["worker"], paused["data"]["state"]) == (a_id, "paused")
     wait_until(lambda: state_of(fleet, a_id) == "paused", timeout=10, what="a listed paused")
     twenty = small_photos(tmp_path / "twenty", 20)
-    out, err = enqueue_and_wait(fleet, twenty).communicate(timeout=150)
+    out, err = enqueue_and_wait(fleet, uploads, twenty).communicate(timeout=150)
     results = parse_results(out)
     assert len({r.task_id for r in results}) == 20, err
     assert {r.worker.pid for r in results} == {b.pid}
@@ -110,7 +128,7 @@ def test_list_ping_pause_resume_shutdown_and_a_lost_worker(fleet: Fleet, tmp_pat
     three = small_photos(tmp_path / "three", 3)
     marks = tmp_path / "started"
     marks.mkdir()
-    waiting = enqueue_and_wait(fleet, three, "delay=1", f"started={marks}")
+    waiting = enqueue_and_wait(fleet, uploads, three, "delay=1", f"started={marks}")
     wait_until(lambda: held_tasks(marks)() >= 1, timeout=60, what="a to start a task")
 
     # shutdown drains a: the task it holds finishes, it exits 0; b (resumed) does the rest.
