@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from typing import Any, Self, TypeVar
 
 from aio_pika import DeliveryMode, Message
@@ -29,17 +29,17 @@ from brokers.amqp.failures import confirmed
 from brokers.amqp.fleet import AmqpFleet
 from brokers.amqp.settings import AmqpSettings
 from brokers.amqp.subscription import AmqpSubscription
-from brokers.contract import ControlInbox, DeadLetter, Delivery, GroupStats, Subscription
+from brokers.contract import DeadLetter, Delivery, GroupStats, Subscription
+from brokers.delegates import AdminDelegate, FleetDelegate
 from pixfleet.envelope import Result, Task, decode_result, decode_task, encode
 from pixfleet.errors import BrokerFull, PublishFailed, Unroutable
-from pixfleet.fleet import ControlReply, ControlRequest, WorkerStatus
 
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", Task, Result)
 
 
-class AmqpTransport:
+class AmqpTransport(AdminDelegate, FleetDelegate):
     """:class:`brokers.contract.Transport` on RabbitMQ."""
 
     def __init__(self, settings: AmqpSettings) -> None:
@@ -186,42 +186,6 @@ class AmqpTransport:
 
     async def dead_letters(self, group: str, *, limit: int = 100) -> list[DeadLetter]:
         return await self._inspector.dead_letters(group, limit=limit)
-
-    # -- administration (brokers.amqp.admin) -------------------------------------------------
-
-    async def replay_dead_letters(self, group: str, task_ids: Collection[str] | None = None) -> int:
-        return await self._admin.replay_dead_letters(group, task_ids)
-
-    async def purge_dead_letters(self, group: str) -> int:
-        return await self._admin.purge_dead_letters(group)
-
-    async def purge(self, group: str) -> int:
-        return await self._admin.purge(group)
-
-    # -- the fleet (brokers.amqp.fleet) -----------------------------------------------------
-
-    async def heartbeat(self, status: WorkerStatus) -> None:
-        await self._fleet.heartbeat(status)
-
-    async def leave(self, worker_id: str) -> None:
-        await self._fleet.leave(worker_id)
-
-    async def roster(self) -> list[WorkerStatus]:
-        return await self._fleet.roster()
-
-    async def open_commands(
-        self, worker_id: str, groups: tuple[str, ...]
-    ) -> Subscription[ControlRequest]:
-        return await self._fleet.open_commands(worker_id, groups)
-
-    async def send_control(self, request: ControlRequest) -> None:
-        await self._fleet.send_control(request)
-
-    async def reply_control(self, reply: ControlReply, reply_to: str) -> None:
-        await self._fleet.reply_control(reply, reply_to)
-
-    async def open_control_inbox(self) -> ControlInbox:
-        return await self._fleet.open_control_inbox()
 
 
 def _task_message(task: Task) -> Message:

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Collection
 from typing import Self
 
 from brokers import names
-from brokers.contract import ControlInbox, DeadLetter, Delivery, GroupStats, Subscription
+from brokers.contract import DeadLetter, Delivery, GroupStats, Subscription
+from brokers.delegates import AdminDelegate, FleetDelegate
 from brokers.kafka.admin import KafkaAdmin
 from brokers.kafka.client import KafkaClient
 from brokers.kafka.fleet import KafkaFleet
@@ -36,12 +36,11 @@ from brokers.kafka.settings import KafkaSettings
 from brokers.kafka.subscription import KafkaSubscription
 from pixfleet.envelope import Result, Task, decode_result, decode_task, encode
 from pixfleet.errors import Unroutable
-from pixfleet.fleet import ControlReply, ControlRequest, WorkerStatus
 
 log = logging.getLogger(__name__)
 
 
-class KafkaTransport:
+class KafkaTransport(AdminDelegate, FleetDelegate):
     """:class:`brokers.contract.Transport` on Kafka."""
 
     def __init__(self, settings: KafkaSettings) -> None:
@@ -174,39 +173,3 @@ class KafkaTransport:
 
     async def dead_letters(self, group: str, *, limit: int = 100) -> list[DeadLetter]:
         return await self._inspector.dead_letters(group, limit=limit)
-
-    # -- administration (brokers.kafka.admin) ------------------------------------------------
-
-    async def replay_dead_letters(self, group: str, task_ids: Collection[str] | None = None) -> int:
-        return await self._admin.replay_dead_letters(group, task_ids)
-
-    async def purge_dead_letters(self, group: str) -> int:
-        return await self._admin.purge_dead_letters(group)
-
-    async def purge(self, group: str) -> int:
-        return await self._admin.purge(group)
-
-    # -- the fleet (brokers.kafka.fleet) ----------------------------------------------------
-
-    async def heartbeat(self, status: WorkerStatus) -> None:
-        await self._fleet.heartbeat(status)
-
-    async def leave(self, worker_id: str) -> None:
-        await self._fleet.leave(worker_id)
-
-    async def roster(self) -> list[WorkerStatus]:
-        return await self._fleet.roster()
-
-    async def open_commands(
-        self, worker_id: str, groups: tuple[str, ...]
-    ) -> Subscription[ControlRequest]:
-        return await self._fleet.open_commands(worker_id, groups)
-
-    async def send_control(self, request: ControlRequest) -> None:
-        await self._fleet.send_control(request)
-
-    async def reply_control(self, reply: ControlReply, reply_to: str) -> None:
-        await self._fleet.reply_control(reply, reply_to)
-
-    async def open_control_inbox(self) -> ControlInbox:
-        return await self._fleet.open_control_inbox()

@@ -24,7 +24,8 @@ from typing import Self, TypeVar
 
 import brokers.sqlite.admin as admin_tx
 from brokers import names
-from brokers.contract import ControlInbox, DeadLetter, Delivery, GroupStats, Subscription
+from brokers.contract import DeadLetter, Delivery, GroupStats, Subscription
+from brokers.delegates import FleetDelegate
 from brokers.sqlite.committer import GroupCommitExecutor
 from brokers.sqlite.db import SqliteQueue
 from brokers.sqlite.fleet import SqliteFleet
@@ -32,7 +33,6 @@ from brokers.sqlite.settings import SqliteSettings
 from brokers.sqlite.subscription import AnySubscription, SqliteSubscription
 from pixfleet.envelope import Result, Task, decode_result, decode_task, encode
 from pixfleet.errors import TransportClosed
-from pixfleet.fleet import ControlReply, ControlRequest, WorkerStatus
 
 __all__ = ["SqliteSettings", "SqliteTransport"]
 
@@ -43,7 +43,7 @@ T = TypeVar("T")
 _TASKS = names.SQLITE_TASKS
 
 
-class SqliteTransport:
+class SqliteTransport(FleetDelegate):
     """:class:`brokers.contract.Transport` on one SQLite database file.
 
     Opening creates the file and the default results channel; closing gives back every
@@ -213,28 +213,3 @@ class SqliteTransport:
 
     async def _admin(self, op: Callable[[sqlite3.Connection], T]) -> T:
         return await self.call(lambda db: db.transact(op))
-
-    # -- the fleet (brokers.sqlite.fleet) ---------------------------------------------------
-
-    async def heartbeat(self, status: WorkerStatus) -> None:
-        await self._fleet.heartbeat(status)
-
-    async def leave(self, worker_id: str) -> None:
-        await self._fleet.leave(worker_id)
-
-    async def roster(self) -> list[WorkerStatus]:
-        return await self._fleet.roster()
-
-    async def open_commands(
-        self, worker_id: str, groups: tuple[str, ...]
-    ) -> Subscription[ControlRequest]:
-        return await self._fleet.open_commands(worker_id, groups)
-
-    async def send_control(self, request: ControlRequest) -> None:
-        await self._fleet.send_control(request)
-
-    async def reply_control(self, reply: ControlReply, reply_to: str) -> None:
-        await self._fleet.reply_control(reply, reply_to)
-
-    async def open_control_inbox(self) -> ControlInbox:
-        return await self._fleet.open_control_inbox()
