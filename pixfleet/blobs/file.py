@@ -2,10 +2,11 @@
 
 Keys are relative to the root, so machines may mount the store at different paths: a task names
 ``uploads/ab/cd/<sha256>``, never ``/mnt/blobs/uploads/...``. Every key is checked
-(:func:`~pixfleet.blobs.keys.check_key`) and then resolved, symlinks included; a path that leaves
-the root is a :class:`~pixfleet.errors.BlobKeyError`. Writes go to a temporary file that is
-fsynced and then renamed (or hard-linked, for create-if-absent), so a reader never sees half a
-blob and a failed write leaves no ``.tmp`` file behind.
+(:func:`~pixfleet.blobs.keys.check_key`: no ``..``, nothing absolute or hidden) and then each of
+its existing components is ``lstat``-ed: a key through a symbolic link (which could leave the
+root) is a :class:`~pixfleet.errors.BlobKeyError`, and reads never follow a final link. Writes go
+to a temporary file that is fsynced and then renamed (or hard-linked, for create-if-absent), so
+a reader never sees half a blob and a failed write leaves no ``.tmp`` file behind.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class FileBlobStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root.expanduser().resolve()
+        self._prefix = f"{self.root}{os.sep}"  # resolved once: keys are checked below it
 
     @classmethod
     def from_url(cls, url: str) -> FileBlobStore:
@@ -66,14 +68,25 @@ class FileBlobStore:
         return self.root.as_uri()
 
     def path_for_key(self, key: str) -> Path:
-        """The file of ``key``; raises :class:`BlobKeyError` if it would leave the root."""
-        lexical = self.root / check_key(key)
-        path = lexical.resolve()
-        if not path.is_relative_to(self.root) or path == self.root:
-            raise BlobKeyError(f"blob key {key!r} escapes the store root")
-        if path != lexical:
-            raise BlobKeyError(f"blob key {key!r} passes through a symbolic link")
-        return path
+        """The file of ``key``; raises :class:`BlobKeyError` if it would leave the root.
+
+        :func:`check_key` confines the key lexically (relative, no ``..``, no empty or hidden
+        segment), so only a symbolic link could lead out: each existing component below the root
+        (resolved once) is ``lstat``-ed and a link is refused, even one that stays inside - one
+        system call per segment, where ``Path.resolve`` also walked the root's own components."""
+        path = self._prefix + check_key(key)
+        end = len(self._prefix) - 1
+        while end < len(path):
+            end = path.find(os.sep, end + 1) % (len(path) + 1)  # -1 (last segment) -> len
+            try:
+                mode = os.lstat(path[:end]).st_mode
+            except (FileNotFoundError, NotADirectoryError):
+                break  # nothing exists below a missing component (the operation will say so)
+            except OSError as exc:
+                raise BlobUnavailable(f"cannot check blob key {key!r}: {exc.strerror}") from exc
+            if stat.S_ISLNK(mode):
+                raise BlobKeyError(f"blob key {key!r} passes through a symbolic link")
+        return Path(path)
 
     def url_for(self, key: str) -> str:
         return self.path_for_key(key).as_uri()
@@ -81,8 +94,7 @@ class FileBlobStore:
     # -- the protocol ---------------------------------------------------------------------
 
     async def put(self, key: str, data: bytes) -> StoredBlob:
-        path = self.path_for_key(key)
-        await _io(self._write, path, [data], os.replace)
+        await _io(self._at, key, self._write, [data], os.replace)
         return StoredBlob(key, hashlib.sha256(data).hexdigest(), len(data))
 
     async def put_stream(self, chunks: AsyncIterable[bytes]) -> StoredBlob:
@@ -105,25 +117,23 @@ class FileBlobStore:
         return StoredBlob(key, digest.hexdigest(), size)
 
     async def read(self, key: str) -> bytes:
-        return await _io(_read, self.path_for_key(key), key, None)
+        return await _io(self._at, key, _read, key, None)
 
     async def get(self, ref: BlobRef) -> bytes:
-        data = await _io(_read, self.path_for_key(ref.uri), ref.uri, ref.size)
-        return verify(ref.uri, data, sha256=ref.sha256, size=ref.size)
+        return await _io(self._at, ref.uri, _read_verified, ref)
 
     async def exists(self, key: str) -> bool:
-        return await _io(self.path_for_key(key).is_file)
+        return await _io(self._at, key, Path.is_file)
 
     async def create(self, key: str, data: bytes) -> bool:
-        path = self.path_for_key(key)
         try:
-            await _io(self._write, path, [data], os.link)
+            await _io(self._at, key, self._write, [data], os.link)
         except FileExistsError:
             return False
         return True
 
     async def delete(self, key: str) -> None:
-        await _io(self.path_for_key(key).unlink, True)
+        await _io(self._at, key, Path.unlink, True)
 
     async def scan(self, prefix: str) -> AsyncIterator[BlobInfo]:
         """Regular files under ``prefix``, one directory read at a time; symlinks and hidden
@@ -138,6 +148,11 @@ class FileBlobStore:
                     yield BlobInfo(path.relative_to(self.root).as_posix(), *entry)
 
     # -- file primitives (run in a thread) --------------------------------------------------
+
+    def _at(self, key: str, fn: Callable[..., T], *args: object) -> T:
+        """``fn(path_for_key(key), *args)``: the key's check (its ``lstat`` calls) runs in the
+        same thread hop as the operation, off the event loop."""
+        return fn(self.path_for_key(key), *args)
 
     def _staging_path(self) -> Path:
         return self.root / _STAGING / f"{uuid.uuid4().hex}.tmp"
@@ -225,6 +240,11 @@ def _read(path: Path, key: str, size: int | None) -> bytes:
     return data
 
 
+def _read_verified(path: Path, ref: BlobRef) -> bytes:
+    data = _read(path, ref.uri, ref.size)
+    return verify(ref.uri, data, sha256=ref.sha256, size=ref.size)
+
+
 def _read_at_most(fd: int, limit: int) -> bytes:
     parts, total = [], 0
     while total < limit:
@@ -240,7 +260,8 @@ async def _io(fn: Callable[..., T], *args: object) -> T:
     """Run a blocking file operation in a thread; OS errors become :class:`BlobUnavailable`
     (``FileExistsError`` passes through: create-if-absent handles it)."""
     try:
-        return await asyncio.to_thread(fn, *args)
+        # run_in_executor: to_thread's context copy and partial are not needed here
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
     except FileExistsError:
         raise
     except OSError as exc:
