@@ -39,9 +39,10 @@ import logging
 from dataclasses import dataclass
 
 from brokers.contract import ReplyChannels
+from brokers.policy import RECONNECT
 from pixfleet.blobs import BlobStore
 from pixfleet.envelope import Result, Task
-from pixfleet.errors import BlobError, PixfleetError
+from pixfleet.errors import BlobError, BrokerBlocked, PixfleetError
 from pixfleet.records import bind_task, mark_replied, read_result, record_result, was_replied
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ class Completions:
             await self._reply(task, result)
 
     async def _reply(self, task: Task, result: Result) -> None:
-        await self.replies.reply(task.reply_to, result)
+        await self._reply_when_unblocked(task.reply_to, result)
         try:
             await mark_replied(self.blobs, result.task_id, result.group)
         except PixfleetError as exc:
@@ -135,6 +136,27 @@ class Completions:
                 result.group,
                 exc.one_line(),
             )
+
+    async def _reply_when_unblocked(self, reply_to: str, result: Result) -> None:
+        """Publish the reply; while the broker blocks publishers (a memory or disk alarm), hold
+        the delivery and try again. Giving the delivery back instead would count a delivery
+        towards the limit per blocked try, and a long alarm would dead-letter tasks whose result
+        is recorded ``ok``. Other broker errors propagate (the delivery is given back)."""
+        tries = 0
+        while True:
+            try:
+                await self.replies.reply(reply_to, result)
+                return
+            except BrokerBlocked as err:
+                tries += 1
+                if tries == 1:
+                    log.warning(
+                        "task %s [%s]: %s; holding it until the broker takes the reply",
+                        result.task_id,
+                        result.group,
+                        err.one_line(),
+                    )
+                await asyncio.sleep(RECONNECT.delay(tries))
 
     async def _replied_within(self, result: Result, attempt: int) -> bool:
         """Is the reply marked - now, or for a first delivery within ``grace`` seconds?"""

@@ -46,7 +46,7 @@ COPY_FAILURES: tuple[type[BaseException], ...] = (*TRANSIENT, BrokerError)
 
 #: Seconds a publish may wait on a connection RabbitMQ has blocked (memory or disk alarm)
 #: before it fails with :class:`BrokerBlocked`.
-BLOCKED_GRACE = 2.0
+BLOCKED_GRACE = 1.0
 
 
 #: Channel errors that retrying cannot fix: a declaration with other arguments than the
