@@ -22,7 +22,7 @@ Outputs = dict[str, bytes]
 def _pyvips() -> Any | None:
     os.environ.setdefault("VIPS_CONCURRENCY", "1")
     try:
-        import pyvips  # type: ignore[import-untyped]  # noqa: PLC0415 - optional, untyped
+        import pyvips  # noqa: PLC0415 - optional (the bench extra), untyped: see pyproject
     except (ImportError, OSError):
         return None
     pyvips.concurrency_set(1)
