@@ -7,7 +7,8 @@ rebalance is logged, not raised: the new owner re-reads from the last safe offse
 (at-least-once). Any other failed commit (the broker or its coordinator unreachable) is logged
 once and never raised either: the offsets stay uncommitted in the tracker, so the next commit -
 after the next settle, or the subscription's next fetch while :attr:`PartitionCommits.behind` -
-carries them. :class:`RebalanceListener` forwards aiokafka's rebalance callbacks.
+carries them. A partition read with no group (a private reply channel) keeps its offsets in a
+dict of its transport instead. :class:`RebalanceListener` forwards aiokafka's rebalance callbacks.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ class PartitionCommits:
     """The offset bookkeeping and commits of one group member (no commits until
     :meth:`attach`, none after :meth:`detach`)."""
 
-    def __init__(self, group_id: str) -> None:
+    def __init__(self, group_id: str, store: dict[TopicPartition, int] | None = None) -> None:
         self.group_id = group_id
+        self.store = store  # None: commit to the group; else (no group) keep offsets here
         self.tracker: OffsetTracker[TopicPartition] = OffsetTracker()
         self._lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
@@ -57,6 +59,10 @@ class PartitionCommits:
                 if (only is None or tp in only) and tp in consumer.assignment()
             }
             if not offsets:
+                return
+            if self.store is not None:
+                self.store.update(offsets)
+                self.tracker.committed(offsets)
                 return
             try:
                 await consumer.commit(

@@ -83,6 +83,11 @@ class GapGuard:
             await asyncio.sleep(REREAD_PAUSE)
         return out
 
+    def start_at(self, tp: TopicPartition, offset: int) -> None:
+        """Expect ``offset`` first on ``tp`` (a partition read with no group: no commits)."""
+        self._next[tp] = offset
+        self._gap.pop(tp, None)
+
     @staticmethod
     async def _start(consumer: Seeker, tp: TopicPartition) -> int:
         """Where a newly assigned partition's reading starts: its committed offset, or 0 for a

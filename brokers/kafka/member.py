@@ -56,7 +56,12 @@ class MemberHost(LogHost, Protocol):
 
 class GroupMember:
     """The group membership of one subscription to ``topics`` as ``group_id`` (not joined until
-    :meth:`start`). ``inflight`` counts deliveries for a task group (None on reply channels)."""
+    :meth:`start`). ``inflight`` counts deliveries for a task group (None on reply channels).
+
+    With ``positions`` (a private reply channel: one reader, so no group at all) partition 0 of
+    each topic is assigned by hand and read from its offset there, and commits go to that dict:
+    nothing to join, to rebalance or to leave - a group here made every hand-over at exit wait
+    for the group's previous member to time out."""
 
     def __init__(
         self,
@@ -67,6 +72,7 @@ class GroupMember:
         group_id: str,
         prefetch: int,
         inflight: InflightLog | None,
+        positions: dict[TopicPartition, int] | None = None,
     ) -> None:
         self._host = host
         self._holder = holder
@@ -74,7 +80,7 @@ class GroupMember:
         self.group_id = group_id
         self._prefetch = prefetch
         self.inflight = inflight
-        self.commits = PartitionCommits(group_id)
+        self.commits = PartitionCommits(group_id, positions)
         self.gaps = GapGuard(group_id)
         self._consumer: AIOKafkaConsumer | None = None
         self._revoking = False
@@ -104,9 +110,14 @@ class GroupMember:
             await self._host.prepare_retry_topic(self.topics[1])
             await self.inflight.prepare()
         await self._host.prepare_topics(self.topics)
-        options = self._host.settings.member_options(self.group_id, prefetch=self._prefetch)
+        positions = self.commits.store
+        group_id = self.group_id if positions is None else None
+        options = self._host.settings.member_options(group_id, prefetch=self._prefetch)
         consumer = AIOKafkaConsumer(**options)
-        consumer.subscribe(self.topics, listener=RebalanceListener(self))
+        if positions is None:
+            consumer.subscribe(self.topics, listener=RebalanceListener(self))
+        else:
+            consumer.assign([TopicPartition(topic, 0) for topic in self.topics])
         self.gaps = GapGuard(self.group_id)  # a new consumer: expectations from its commits
         # The assignment callback may run before start() returns.
         self._consumer = consumer
@@ -119,6 +130,9 @@ class GroupMember:
             await consumer.stop()
             raise self._fail(exc, "join") from exc
         self._started_at = time.monotonic()
+        for tp, start in _starts(consumer, positions).items():
+            consumer.seek(tp, start)
+            self.gaps.start_at(tp, start)
 
     async def stop(self) -> None:
         """Commit what is safe, write the in-flight set, leave the group (idempotent)."""
@@ -212,3 +226,12 @@ class GroupMember:
         await self.commits.pin_start(assigned)
         if self.inflight is not None:
             await self.inflight.load(assigned)
+
+
+def _starts(
+    consumer: AIOKafkaConsumer, positions: dict[TopicPartition, int] | None
+) -> dict[TopicPartition, int]:
+    """Where each partition assigned by hand starts: its kept offset, else 0 (none in a group)."""
+    if positions is None:
+        return {}
+    return {tp: positions.get(tp, 0) for tp in consumer.assignment()}

@@ -99,7 +99,7 @@ class KafkaSettings:
             options["sasl_plain_password"] = os.environ.get(ENV_PASSWORD, "")
         return options
 
-    def member_options(self, group_id: str, *, prefetch: int) -> dict[str, Any]:
+    def member_options(self, group_id: str | None, *, prefetch: int) -> dict[str, Any]:
         """Options of a consumer-group member: no auto-commit, new groups start at the earliest
         offset, at most ``prefetch`` records per poll."""
         return {

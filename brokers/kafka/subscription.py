@@ -88,6 +88,7 @@ class KafkaSubscription(Generic[M]):
         until_empty: bool,
         dead_topic: str,
         inflight_topic: str | None = None,
+        positions: dict[TopicPartition, int] | None = None,
     ) -> None:
         self.host = host
         self.topics = topics
@@ -99,9 +100,8 @@ class KafkaSubscription(Generic[M]):
         self._until_empty = until_empty
         inflight = InflightLog(host, inflight_topic, tuple(topics)) if inflight_topic else None
         self._inflight = inflight
-        self._member = GroupMember(
-            host, self, topics=topics, group_id=group_id, prefetch=self._prefetch, inflight=inflight
-        )
+        member = partial(GroupMember, host, self, topics=topics, group_id=group_id)
+        self._member = member(prefetch=self._prefetch, inflight=inflight, positions=positions)
         self._buffer: list[Pending] = []
         self._yielded: set[tuple[TopicPartition, int]] = set()
         self._changed = asyncio.Event()

@@ -24,6 +24,8 @@ import logging
 import uuid
 from typing import Self
 
+from aiokafka import TopicPartition
+
 from brokers import names
 from brokers.contract import DeadLetter, Delivery, GroupStats, Subscription
 from brokers.delegates import AdminDelegate, FleetDelegate
@@ -49,6 +51,8 @@ class KafkaTransport(AdminDelegate, FleetDelegate):
         self._inspector = KafkaInspector(self._client)
         self._admin = KafkaAdmin(self._client)
         self._fleet = KafkaFleet(self._client)
+        #: Read offsets of the private reply channels (read with no group), by topic.
+        self._positions: dict[str, dict[TopicPartition, int]] = {}
 
     @classmethod
     def from_url(cls, url: str) -> KafkaTransport:
@@ -130,6 +134,7 @@ class KafkaTransport(AdminDelegate, FleetDelegate):
         if channel == names.DEFAULT_RESULTS:
             raise ValueError("the default results channel cannot be closed")
         await self._client.delete_topic(self._reply_topic(channel))
+        self._positions.pop(self._reply_topic(channel), None)
 
     # -- consume ---------------------------------------------------------------------------
 
@@ -152,6 +157,7 @@ class KafkaTransport(AdminDelegate, FleetDelegate):
         self, channel: str, *, prefetch: int = 64, until_empty: bool = False
     ) -> Subscription[Delivery[Result]]:
         topic = self._reply_topic(channel)
+        private = channel.startswith(names.PRIVATE_REPLY_PREFIX)  # one reader: no group
         return KafkaSubscription(
             self._client,
             topics=[topic],
@@ -161,6 +167,7 @@ class KafkaTransport(AdminDelegate, FleetDelegate):
             prefetch=prefetch,
             until_empty=until_empty,
             dead_topic=self.settings.name(names.kafka_reply_dead_topic(channel)),
+            positions=self._positions.setdefault(topic, {}) if private else None,
         )
 
     # -- inspection ------------------------------------------------------------------------
