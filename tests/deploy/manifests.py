@@ -252,6 +252,10 @@ def worker_stop_seconds() -> float:
         from consumers.worker import WorkerSettings  # noqa: PLC0415 - only this fallback
 
         return float(WorkerSettings(group="thumbs").drain_timeout)
+    if option.default is None:  # the flag defers to env / pixfleet.toml / the built-in default
+        from consumers.options import FROM_CONFIG  # noqa: PLC0415 - only this case
+
+        return 2 * float(FROM_CONFIG["drain_timeout"][1])
     return 2 * float(option.default)
 
 
