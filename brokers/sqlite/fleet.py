@@ -21,7 +21,7 @@ import logging
 import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Protocol, TypeVar
+from typing import Generic, Protocol, Self, TypeVar
 
 from brokers.sqlite.db import SqliteQueue
 from brokers.sqlite.settings import SqliteSettings
@@ -42,6 +42,7 @@ from pixfleet.fleet import (
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+M = TypeVar("M", ControlRequest, ControlReply)
 
 #: Seconds a control request and a control reply stay in their tables.
 CONTROL_KEEP = 60.0
@@ -158,23 +159,20 @@ def _create(db: sqlite3.Connection) -> None:
         db.execute(statement)
 
 
-class SqliteCommands:
-    """The control requests for one worker, polled from ``fleet_control`` after ``start``."""
+class _Polled(Generic[M]):
+    """Messages other processes append to a table, polled in order: :meth:`_read` fills the
+    buffer; an empty read waits ``poll`` seconds; iteration ends once closed."""
 
-    def __init__(
-        self, fleet: SqliteFleet, worker_id: str, groups: tuple[str, ...], start: int
-    ) -> None:
+    def __init__(self, fleet: SqliteFleet) -> None:
         self._fleet = fleet
-        self._worker = worker_id
-        self._groups = groups
-        self._last = start
-        self._buffer: list[ControlRequest] = []
+        self._last = 0  # the highest row id read
+        self._buffer: list[M] = []
         self._closed = False
 
-    def __aiter__(self) -> SqliteCommands:
+    def __aiter__(self) -> Self:
         return self
 
-    async def __anext__(self) -> ControlRequest:
+    async def __anext__(self) -> M:
         while not self._buffer:
             if self._closed:
                 raise StopAsyncIteration
@@ -182,6 +180,21 @@ class SqliteCommands:
             if not self._buffer:
                 await asyncio.sleep(self._fleet.poll)
         return self._buffer.pop(0)
+
+    async def _read(self) -> None:
+        raise NotImplementedError
+
+
+class SqliteCommands(_Polled[ControlRequest]):
+    """The control requests for one worker, polled from ``fleet_control`` after ``start``."""
+
+    def __init__(
+        self, fleet: SqliteFleet, worker_id: str, groups: tuple[str, ...], start: int
+    ) -> None:
+        super().__init__(fleet)
+        self._worker = worker_id
+        self._groups = groups
+        self._last = start
 
     async def _read(self) -> None:
         last = self._last
@@ -205,27 +218,12 @@ class SqliteCommands:
         self._buffer.clear()
 
 
-class SqliteInbox:
+class SqliteInbox(_Polled[ControlReply]):
     """One requester's replies, polled from ``fleet_replies``; closing deletes them."""
 
     def __init__(self, fleet: SqliteFleet, address: str) -> None:
-        self._fleet = fleet
+        super().__init__(fleet)
         self.address = address
-        self._last = 0
-        self._buffer: list[ControlReply] = []
-        self._closed = False
-
-    def __aiter__(self) -> SqliteInbox:
-        return self
-
-    async def __anext__(self) -> ControlReply:
-        while not self._buffer:
-            if self._closed:
-                raise StopAsyncIteration
-            await self._read()
-            if not self._buffer:
-                await asyncio.sleep(self._fleet.poll)
-        return self._buffer.pop(0)
 
     async def _read(self) -> None:
         last, address = self._last, self.address
