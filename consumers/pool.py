@@ -5,6 +5,14 @@
   grace period, the parent kills the whole pool and starts a fresh one.
 * A child that dies (OOM killer, segfault) breaks the pool: the call raises the retryable
   :class:`WorkerCrashed` and the pool is rebuilt.
+* Renewal without a gap: children are replaced after ``max_tasks_per_child`` tasks each (counted
+  for the pool: ``workers`` times that; a long-lived interpreter's heap only grows), but no
+  sooner than ``min_child_age`` seconds after they started - so a stream of tiny tasks does not
+  pay for an interpreter start every few hundred of them - and by a fresh pool that is started
+  and warmed *first*, while the old one goes on taking tasks: no task waits for a start
+  (``ProcessPoolExecutor``'s own ``max_tasks_per_child`` blocked the pool for a whole start-up,
+  ~0.3 s, each time). The old children finish what they hold and exit. Renewals are counted in
+  ``renewed``.
 * Every rebuild is counted in ``recycled`` and reported to the optional ``on_recycle`` callback
   (the worker's :meth:`~consumers.events.WorkerEvents.pool_recycled`) with its reason.
 * Children are started with ``spawn`` and exit by themselves when their parent dies
@@ -30,28 +38,17 @@ import asyncio
 import logging
 import multiprocessing
 import os
-import resource
-import signal
-import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from multiprocessing.connection import Connection
-from types import FrameType
 from typing import Any, Self
 
-from consumers.pipelines import progress as pipeline_progress
 from consumers.pipelines.base import Pipeline, PipelineOutput
 from consumers.pipelines.progress import Listener, ProgressChannel
+from consumers.poolchild import MIB, child_init, run_in_child
 from consumers.settings import MEMORY_LIMIT_MB
-from pixfleet.errors import (
-    MemoryLimitExceeded,
-    PipelineError,
-    PixfleetError,
-    TaskTimeout,
-    WorkerCrashed,
-)
+from pixfleet.errors import MemoryLimitExceeded, TaskTimeout, WorkerCrashed
 from pixfleet.images import Limits
 
 log = logging.getLogger(__name__)
@@ -60,69 +57,9 @@ log = logging.getLogger(__name__)
 HARD_GRACE = 5.0
 #: Fresh starts of a pool whose processes die while starting.
 START_TRIES = 3
-MIB = 1 << 20
-
-
-def _watch_parent(parent_pid: int) -> None:
-    while True:
-        time.sleep(1.0)
-        if os.getppid() != parent_pid:
-            os._exit(70)
-
-
-def _child_init(parent_pid: int, memory_limit: int, progress: Connection | None = None) -> None:
-    # The parent handles Ctrl-C and SIGTERM (also when sent to the whole group) and drains.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    pipeline_progress.install(progress)
-    if memory_limit:
-        _limit_address_space(memory_limit)
-    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
-
-
-def _limit_address_space(limit: int) -> None:
-    """Cap this process's address space at ``limit`` bytes (never above an existing hard cap),
-    soft and hard, so the pipeline cannot raise it again."""
-    _, hard = resource.getrlimit(resource.RLIMIT_AS)
-    if hard != resource.RLIM_INFINITY:
-        limit = min(limit, hard)
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
-
-def _out_of_memory() -> MemoryLimitExceeded:
-    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-    if soft == resource.RLIM_INFINITY:
-        return MemoryLimitExceeded("the pipeline ran out of memory")
-    return MemoryLimitExceeded(
-        f"the pipeline needed more than the {soft // MIB} MiB a pool process may use"
-        " (worker run --memory-limit)"
-    )
-
-
-def _on_alarm(signum: int, frame: FrameType | None) -> None:
-    raise TaskTimeout("pipeline exceeded its time limit")
-
-
-def _run_in_child(
-    pipeline: Pipeline, data: bytes, params: dict[str, Any], limits: Limits, token: int = 0
-) -> PipelineOutput:
-    previous = signal.signal(signal.SIGALRM, _on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, limits.timeout)
-    try:
-        with pipeline_progress.running(token):
-            return pipeline(data, params, limits)
-    except TaskTimeout:
-        raise TaskTimeout(f"pipeline exceeded its time limit of {limits.timeout:g} s") from None
-    except PixfleetError:
-        raise
-    except MemoryError:
-        raise _out_of_memory() from None
-    except Exception as exc:  # noqa: BLE001 - re-raised as a typed error
-        # Unclassified failures cross the process boundary as one typed, picklable error.
-        raise PipelineError(f"{type(exc).__name__}: {exc}") from None
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+#: Tasks a child runs before it is replaced, and the fewest seconds it lives before that.
+MAX_TASKS_PER_CHILD = 500
+MIN_CHILD_AGE = 60.0
 
 
 class PipelinePool:
@@ -135,7 +72,8 @@ class PipelinePool:
         self,
         workers: int,
         *,
-        max_tasks_per_child: int = 500,
+        max_tasks_per_child: int = MAX_TASKS_PER_CHILD,
+        min_child_age: float = MIN_CHILD_AGE,
         hard_grace: float = HARD_GRACE,
         shutdown_timeout: float = 30.0,
         memory_limit_mb: int = MEMORY_LIMIT_MB,
@@ -145,21 +83,25 @@ class PipelinePool:
         self.hard_grace = hard_grace
         self.shutdown_timeout = shutdown_timeout
         self.memory_limit = max(0, memory_limit_mb) * MIB  # bytes; 0: no cap
-        self._max_tasks = max_tasks_per_child
+        self._max_tasks = max(1, max_tasks_per_child)
+        self._min_age = min_child_age
+        self._submitted = 0  # tasks given to the current executor
+        self._born = 0.0  # when the current executor was started (monotonic)
+        self._renewal: asyncio.Task[None] | None = None
         self._on_recycle = on_recycle
         self._executor: ProcessPoolExecutor | None = None
         self._progress = ProgressChannel(multiprocessing.get_context("spawn"))
         # Retired pools finishing their tasks: executor -> its shutdown running in a thread.
         self._retired: dict[ProcessPoolExecutor, asyncio.Future[None]] = {}
         self.recycled = 0
+        self.renewed = 0
 
     def _new_executor(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
             max_workers=self.workers,
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=_child_init,
+            initializer=child_init,
             initargs=(os.getpid(), self.memory_limit, self._progress.writer),
-            max_tasks_per_child=self._max_tasks,
         )
 
     async def __aenter__(self) -> Self:
@@ -167,20 +109,32 @@ class PipelinePool:
         start-up. A child that dies while it starts - before it could ignore SIGTERM, a
         SIGTERM to the whole group kills it - costs a fresh start of the pool, up to
         :data:`START_TRIES` times; then :class:`WorkerCrashed`."""
-        loop = asyncio.get_running_loop()
         self._progress.open()
+        try:
+            self._executor = await self._started()
+        except BaseException:
+            self._progress.close()
+            raise
+        self._born = time.monotonic()
+        return self
+
+    async def _started(self) -> ProcessPoolExecutor:
+        """A new executor whose children have all started (see :meth:`__aenter__`)."""
+        loop = asyncio.get_running_loop()
         for _ in range(START_TRIES):
-            executor = self._executor = self._new_executor()
+            executor = self._new_executor()
             warm = [loop.run_in_executor(executor, os.getpid) for _ in range(self.workers)]
             try:
                 await asyncio.gather(*warm)
-                return self
+                return executor
             except BrokenProcessPool:
                 log.warning("a pool process died while starting; starting the pool again")
                 _kill_children(executor)
                 executor.shutdown(wait=False, cancel_futures=True)
-        self._executor = None
-        self._progress.close()
+            except BaseException:  # cancelled while starting: leave no children behind
+                _kill_children(executor)
+                executor.shutdown(wait=False, cancel_futures=True)
+                raise
         raise WorkerCrashed(f"the process pool did not start in {START_TRIES} tries")
 
     async def __aexit__(self, *exc: object) -> None:
@@ -192,6 +146,9 @@ class PipelinePool:
             self._progress.close()
 
     async def _stop(self) -> None:
+        if self._renewal is not None:
+            self._renewal.cancel()
+            await asyncio.gather(self._renewal, return_exceptions=True)
         if self._executor is not None:
             executor, self._executor = self._executor, None
             self._retired[executor] = _shut_down(executor)
@@ -223,7 +180,8 @@ class PipelinePool:
         executor = self._executor
         try:
             with self._progress.listening(on_progress) as token:
-                future = executor.submit(_run_in_child, pipeline, data, dict(params), limits, token)
+                future = executor.submit(run_in_child, pipeline, data, dict(params), limits, token)
+                self._count_task()
                 async with asyncio.timeout(limits.timeout + self.hard_grace):
                     return await asyncio.wrap_future(future)
         except TimeoutError:
@@ -237,6 +195,32 @@ class PipelinePool:
         except MemoryLimitExceeded:
             self._retire(executor, "a pipeline ran out of memory")
             raise
+
+    def _count_task(self) -> None:
+        """Count a task of the current executor; start its renewal when it is due."""
+        self._submitted += 1
+        due = self._submitted >= self._max_tasks * self.workers
+        if due and self._renewal is None and time.monotonic() - self._born >= self._min_age:
+            self._renewal = asyncio.create_task(self._renew())
+
+    async def _renew(self) -> None:
+        """Start and warm a fresh pool, then send new tasks to it and retire the old one."""
+        try:
+            fresh = await self._started()
+        except WorkerCrashed as err:
+            log.warning("could not renew the process pool (%s); the current one goes on", err)
+            self._born = time.monotonic()  # try again after min_child_age
+            return
+        finally:
+            self._renewal = None
+        old = self._executor
+        if old is None:  # closed meanwhile (cannot happen: _stop cancels us first)
+            await _shut_down(fresh)
+            return
+        self._executor, self._submitted, self._born = fresh, 0, time.monotonic()
+        self.renewed += 1
+        self._retired[old] = _shut_down(old, cancel=False)
+        self._retired[old].add_done_callback(lambda _: self._retired.pop(old, None))
 
     def _recycle(self, executor: ProcessPoolExecutor, why: str) -> None:
         """Kill every child of ``executor`` and replace it (once, however many callers see it).
@@ -261,6 +245,7 @@ class PipelinePool:
     def _replace(self, why: str) -> None:
         self.recycled += 1
         self._executor = self._new_executor()
+        self._submitted, self._born = 0, time.monotonic()
         if self._on_recycle is not None:
             self._on_recycle(why)
 

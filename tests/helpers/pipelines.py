@@ -121,3 +121,8 @@ def garbage(data: bytes, params: Mapping[str, Any], limits: Limits) -> PipelineO
     if params.get("good"):
         return thumbs.run(data, {}, limits)
     return None  # type: ignore[return-value] # reason: garbage on purpose
+
+
+def pid(data: bytes, params: Mapping[str, Any], limits: Limits) -> PipelineOutput:
+    """No output; ``meta["pid"]`` says which pool process ran it."""
+    return PipelineOutput(renditions=(), meta={"pid": os.getpid()})
