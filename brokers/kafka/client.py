@@ -22,6 +22,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError, UnknownTopicOrP
 
 from brokers import names
 from brokers.kafka.failures import producer_start_failed, translate
+from brokers.kafka.listing import TopicListing
 from brokers.kafka.records import Headers, Record, dead_headers, retry_headers
 from brokers.kafka.settings import KafkaSettings
 from pixfleet.errors import BrokerUnavailable, PublishFailed, TransportClosed
@@ -46,6 +47,7 @@ class KafkaClient:
         self._admin: AIOKafkaAdminClient | None = None
         self._topics: set[str] = set()
         self._subs: set[Closable] = set()
+        self._listing = TopicListing(self._list_topics)
 
     @property
     def url(self) -> str:
@@ -141,21 +143,30 @@ class KafkaClient:
             task_topic = self.settings.name(names.KAFKA_TASK_TOPIC)
             await self.prepare_topics([topic], await self.partitions_of(task_topic))
 
-    async def topic_exists(self, topic: str) -> bool:
-        """Whether the broker lists ``topic`` now (a fresh metadata request, never a cache;
-        listing all topics never auto-creates one, as a request for the topic itself may)."""
+    async def _list_topics(self) -> list[str]:
         try:
             async with asyncio.timeout(self.settings.op_timeout):
-                return topic in set(await self.admin.list_topics())
+                topics: list[str] = await self.admin.list_topics()
         except (KafkaError, OSError, TimeoutError) as exc:
-            raise translate(exc, self.url, f"list topics (looking for {topic})") from exc
+            raise translate(exc, self.url, "list topics") from exc
+        return topics
+
+    async def topic_exists(self, topic: str) -> bool:
+        """Whether the broker lists ``topic`` now (a fresh metadata request - or the one running
+        now, shared - never a cache; listing all topics never auto-creates one, as a request
+        for the topic itself may)."""
+        return topic in await self._listing.fresh()
 
     async def topic_gone(self, topic: str) -> bool:
         """Whether ``topic`` is gone for good: not listed by :data:`GONE_CHECKS` fresh metadata
         requests over about a second (each to a broker picked at random). A topic created a
         moment ago may be missing from one broker's - or tansu's - view for a little while;
-        only an absence that lasts counts. Raises ``broker.unavailable`` if the broker does
-        not answer (then nothing is decided)."""
+        only an absence that lasts counts. A topic listed less than
+        :data:`~brokers.kafka.listing.SEEN_FOR` s ago is not gone, without a request
+        (:mod:`brokers.kafka.listing`). Raises ``broker.unavailable`` if the broker does not
+        answer (then nothing is decided)."""
+        if self._listing.seen(topic):
+            return False
         for check in range(GONE_CHECKS):
             if await self.topic_exists(topic):
                 return False
@@ -168,6 +179,7 @@ class KafkaClient:
         with contextlib.suppress(UnknownTopicOrPartitionError):
             await self.admin.delete_topics([topic])
         self._topics.discard(topic)
+        self._listing.forget(topic)
 
     # -- producing -------------------------------------------------------------------------
 
