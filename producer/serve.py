@@ -3,24 +3,17 @@
 One process = one stateless instance; run as many as you like behind a load balancer, all with
 the same ``--broker`` and ``--blobs``. SIGTERM (or Ctrl-C) drains: the listening socket closes,
 ``/readyz`` turns 503, open event streams end (clients reconnect elsewhere), uploads in flight
-finish (up to ``--drain-timeout`` seconds), then the process exits 0.
+finish (up to ``--drain-timeout`` seconds), then the process exits 0. The server itself
+(uvicorn, FastAPI) is :mod:`producer.http.server`, imported only by this command.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import signal
-from dataclasses import dataclass
-from types import FrameType
 
 import typer
-import uvicorn
-from fastapi import FastAPI
 
-from brokers import open_transport
 from brokers.names import DEFAULT_GROUP
-from pixfleet.blobs import open_blobstore
 from pixfleet.bounds import seconds_option
 from pixfleet.config import LogLevel
 from pixfleet.errors import ConfigError
@@ -34,11 +27,7 @@ from pixfleet.runtime import (
     run_async,
     settings_or_fail,
 )
-from producer.http.app import create_app
-from producer.http.services import services_of_app
 from producer.http.settings import ENV_TOKEN, MIB, IngressLimits, ServeSettings
-
-log = logging.getLogger(__name__)
 
 GroupsOpt = typer.Option(
     [DEFAULT_GROUP], "--groups", "--group", "-g", help="Default target group(s); comma-separated."
@@ -91,56 +80,13 @@ def serve_cmd(  # noqa: PLR0917 - Typer commands take one positional per option
         )
     except ConfigError as exc:
         fail(exc.one_line())
-    listen = _Listen(host, port, math.ceil(drain_timeout), "debug" if debug else level)
+    listen = (host, port, math.ceil(drain_timeout), "debug" if debug else level)
     run_async(_serve(settings, listen), debug=debug)
 
 
-@dataclass(frozen=True)
-class _Listen:
-    host: str
-    port: int
-    drain: int  # seconds (uvicorn takes whole ones)
-    log_level: str
+async def _serve(settings: ServeSettings, listen: tuple[str, int, int, str]) -> None:
+    """Run the server; uvicorn and FastAPI are imported here, so that the other commands of
+    ``uploader`` start without them."""
+    from producer.http.server import Listen, serve  # noqa: PLC0415 - see the docstring
 
-
-async def _serve(settings: ServeSettings, listen: _Listen) -> None:
-    store = open_blobstore(settings.blobs_url)
-    async with open_transport(settings.broker_url) as transport:
-        app = create_app(settings, transport=transport, store=store)
-        server = _Server(
-            uvicorn.Config(
-                app,
-                host=listen.host,
-                port=listen.port,
-                lifespan="off",
-                log_config=None,
-                log_level=listen.log_level,
-                timeout_graceful_shutdown=listen.drain,
-                server_header=False,
-            ),
-            app,
-        )
-        log.info("serving %s with broker %s", settings.blobs_url, transport.url)
-        previous = signal.signal(signal.SIGTERM, _ignore)  # uvicorn re-raises it when done
-        try:
-            await server.serve()
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-    log.info("ingress stopped")
-
-
-class _Server(uvicorn.Server):
-    """uvicorn's server, which on SIGTERM/SIGINT also tells the app to drain, and which does
-    not kill the process with the signal again once it has shut down gracefully (exit 0)."""
-
-    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
-        super().__init__(config)
-        self._app = app
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        services_of_app(self._app).draining = True
-        super().handle_exit(sig, frame)
-
-
-def _ignore(sig: int, frame: FrameType | None) -> None:
-    """Swallow the SIGTERM uvicorn re-raises after its graceful shutdown."""
+    await serve(settings, Listen(*listen))
