@@ -3,108 +3,36 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import signal
 import time
 from collections.abc import AsyncIterator
-from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from PIL import Image
-from pydantic import JsonValue
 
-from brokers import Delivery, ReplyChannels, Subscription, TaskQueue, Transport, open_transport
-from consumers.events import NO_EVENTS, WorkerEvents, WorkerState, WorkerStats
-from consumers.pipelines import Pipeline, resolve
+from brokers import Delivery, Subscription, Transport, open_transport
+from consumers.events import WorkerState
 from consumers.pipelines.base import Limits
 from consumers.pool import PipelinePool
-from consumers.worker import Worker, WorkerSettings
-from pixfleet.blobs import BlobStore, store_upload
+from pixfleet.blobs import store_upload
 from pixfleet.blobs.file import FileBlobStore
-from pixfleet.envelope import BlobRef, ErrorInfo, Result, Task, WorkerInfo, decode_result, encode
+from pixfleet.envelope import ErrorInfo, Result, Task, WorkerInfo, decode_result, encode
 from pixfleet.errors import BrokerUnavailable, PixfleetError, TaskTimeout
 from pixfleet.records import mark_replied, read_result, record_result, was_replied
 from tests.conftest import BrokerUnderTest
 from tests.helpers import images, pipelines
 from tests.helpers.tasks import unique
+from tests.helpers.workrig import WorkRig
 
 
 @dataclass
-class Rig:
-    transport: Transport
-    blobs: FileBlobStore
-    pool: PipelinePool
-    tmp: Path
+class Rig(WorkRig):
+    tmp: Path = field(kw_only=True)
     group: str = field(default_factory=lambda: unique("thumbs"))
-
-    async def put(self, data: bytes, **params: JsonValue) -> Task:
-        ref = await store_upload(self.blobs, data, "image/jpeg")
-        return await self._publish(ref, params, None)
-
-    async def publish(
-        self, ref: BlobRef, *, deadline: datetime | None = None, **params: JsonValue
-    ) -> Task:
-        return await self._publish(ref, params, deadline)
-
-    async def _publish(
-        self, ref: BlobRef, params: dict[str, JsonValue], deadline: datetime | None
-    ) -> Task:
-        task = Task.new(ref, groups=(self.group,), params=params, deadline=deadline)
-        await self.transport.publish(task)
-        return task
-
-    async def work(
-        self,
-        pipeline: Pipeline | None = None,
-        *,
-        limits: Limits | None = None,
-        delivery_limit: int | None = None,
-        events: WorkerEvents = NO_EVENTS,
-        tasks: TaskQueue | None = None,
-        replies: ReplyChannels | None = None,
-        blobs: BlobStore | None = None,
-        reply_grace: float = 0.2,
-    ) -> WorkerStats:
-        settings = WorkerSettings(
-            group=self.group,
-            concurrency=1,
-            burst=True,
-            retry_backoff=0.05,
-            reply_grace=reply_grace,
-        )
-        if limits is not None:
-            settings = dataclasses.replace(settings, limits=limits)
-        if delivery_limit is not None:
-            settings = dataclasses.replace(settings, delivery_limit=delivery_limit)
-        worker = Worker(
-            tasks=tasks or self.transport,
-            replies=replies or self.transport,
-            blobs=blobs or self.blobs,
-            pipeline=pipeline or resolve(self.group, "thumbs"),
-            pool=self.pool,
-            settings=settings,
-            events=events,
-        )
-        async with asyncio.timeout(60):
-            return await worker.run()
-
-    async def results(self) -> dict[str, Result]:
-        return {r.task_id: r for r in await self.raw_results()}
-
-    async def raw_results(self) -> list[Result]:
-        """This rig's results on the default channel (shared by the tests of a session on some
-        transports), duplicates included, in arrival order."""
-        out: list[Result] = []
-        async with aclosing(self.transport.replies("results", until_empty=True)) as it:
-            async for delivery in it:
-                if delivery.message.group == self.group:
-                    out.append(delivery.message)
-                await delivery.ack()
-        return out
 
     def recorded_elsewhere(self, task: Task, *, ok: bool = True) -> Result:
         """A result of ``task`` as another worker would have recorded it."""
@@ -121,7 +49,7 @@ class Rig:
 @pytest.fixture
 async def rig(tmp_path: Path, broker: BrokerUnderTest) -> AsyncIterator[Rig]:
     async with open_transport(broker.url) as transport, PipelinePool(1) as pool:
-        yield Rig(transport, FileBlobStore(tmp_path / "blobs"), pool, tmp_path)
+        yield Rig(transport, FileBlobStore(tmp_path / "blobs"), pool, tmp=tmp_path)
 
 
 async def test_ok_task_writes_outputs_replies_and_acks(rig: Rig) -> None:
@@ -201,7 +129,7 @@ async def test_stuck_pipeline_is_killed_and_the_pool_replaced(
     tmp_path: Path, broker: BrokerUnderTest
 ) -> None:
     async with open_transport(broker.url) as transport, PipelinePool(1, hard_grace=0.5) as pool:
-        rig = Rig(transport, FileBlobStore(tmp_path / "blobs"), pool, tmp_path)
+        rig = Rig(transport, FileBlobStore(tmp_path / "blobs"), pool, tmp=tmp_path)
         task = await rig.put(images.jpeg_bytes())
         stats = await rig.work(pipelines.stubborn, limits=Limits(timeout=0.5))
         assert stats.failed == 1 and pool.recycled == 1
@@ -327,7 +255,7 @@ async def test_events_hear_the_pool_being_recycled(tmp_path: Path, broker: Broke
     events = Recorder()
     pool = PipelinePool(1, on_recycle=events.pool_recycled)
     async with open_transport(broker.url) as transport, pool:
-        rig = Rig(transport, FileBlobStore(tmp_path / "blobs"), pool, tmp_path)
+        rig = Rig(transport, FileBlobStore(tmp_path / "blobs"), pool, tmp=tmp_path)
         task = await rig.put(images.jpeg_bytes())
         await rig.work(pipelines.crash, delivery_limit=1, events=events)
     assert events.recycled == ["a pool process died"]
@@ -344,7 +272,7 @@ async def test_a_task_published_twice_runs_once_and_answers_once(rig: Rig) -> No
     stats = await rig.work(events=events)
     assert (stats.ok, stats.duplicates) == (1, 1)
     assert events.duplicates == [task.id]
-    assert [r.task_id for r in await rig.raw_results()] == [task.id]
+    assert [r.task_id for r in await rig.replies()] == [task.id]
     recorded = await read_result(rig.blobs, task.id, rig.group)
     assert recorded is not None and recorded.status == "ok"
     assert await was_replied(rig.blobs, task.id, rig.group)
@@ -361,7 +289,7 @@ async def test_a_redelivery_whose_recorder_died_before_replying_replies_from_the
     stats = await rig.work(pipelines.crash)  # running it again would crash the pool
     assert (stats.ok, stats.failed, stats.duplicates) == (0, 0, 1)
     assert rig.pool.recycled == 0
-    assert await rig.raw_results() == [recorded]
+    assert await rig.replies() == [recorded]
     assert await was_replied(rig.blobs, task.id, rig.group)
 
 
@@ -375,7 +303,7 @@ async def test_a_redelivery_of_an_answered_task_is_settled_without_running_or_re
     stats = await rig.work(pipelines.crash)
     assert (stats.ok, stats.failed, stats.duplicates) == (0, 0, 1)
     assert rig.pool.recycled == 0
-    assert await rig.raw_results() == []
+    assert await rig.replies() == []
     group = await rig.transport.stats(rig.group)
     assert group.ready == 0
     # The delivery ends the way its recorded result says: ok is acked, error dead-lettered.
@@ -404,7 +332,7 @@ async def test_a_copy_that_loses_the_race_to_record_adopts_the_winner_and_stays_
     stats = await rig.work(blobs=racing)
     assert (stats.ok, stats.duplicates) == (0, 1)
     # The winner's delivery replies (it is not settled before its reply is confirmed).
-    assert await rig.raw_results() == []
+    assert await rig.replies() == []
     recorded = await read_result(rig.blobs, task.id, rig.group)
     assert recorded is not None and recorded.worker.id == "rival:1"
     assert (await rig.transport.stats(rig.group)).ready == 0
@@ -474,7 +402,7 @@ async def test_failed_replies_make_the_worker_reconnect_and_it_goes_on(rig: Rig)
     task = await rig.put(images.jpeg_bytes())
     events = Recorder()
     await rig.work(replies=FlakyReplies(rig.transport, failures=2), events=events)
-    [result] = await rig.raw_results()
+    [result] = await rig.replies()
     assert (result.task_id, result.status) == (task.id, "ok")
     # From consuming - or from draining, when the burst subscription saw its queue empty
     # before the reply failed (RabbitMQ does not count an unacked delivery as ready).
@@ -493,7 +421,7 @@ async def test_a_redelivery_replies_from_an_unmarked_record_without_waiting(rig:
     stats = await rig.work(replies=FlakyReplies(rig.transport, failures=1), reply_grace=60)
     assert time.monotonic() - began < 30
     assert stats.duplicates == 1  # delivery 2, answered from the record of delivery 1
-    [result] = await rig.raw_results()
+    [result] = await rig.replies()
     assert (result.task_id, result.attempt) == (task.id, 1)
 
 
@@ -502,7 +430,7 @@ async def test_a_failed_subscription_is_opened_again(rig: Rig) -> None:
     events = Recorder()
     stats = await rig.work(tasks=FailingSubscriptions(rig.transport, failures=2), events=events)
     assert stats.ok == 1
-    assert [r.task_id for r in await rig.raw_results()] == [task.id]
+    assert [r.task_id for r in await rig.replies()] == [task.id]
     assert events.states[:3] == [
         ("starting", "consuming"),
         ("consuming", "reconnecting"),
