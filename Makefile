@@ -49,7 +49,7 @@ brokers:
 	bash tests/harness/ensure-nginx.sh
 
 pytest: $(STAMP) brokers
-	$(BIN)/python -m pytest $(if $(FAST),-m "not slow")
+	$(BIN)/python -m pytest --durations=30 $(if $(FAST),-m "not slow")
 
 test: lint typecheck pytest
 
