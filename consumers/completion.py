@@ -2,13 +2,13 @@
 
 The task id is the idempotency key. Every delivery goes through :class:`Completions`:
 
-0. **First**, :meth:`~Completions.bind` binds the task id to the task's blob through the task
-   record (:func:`~pixfleet.records.bind_task`): a task whose id is bound to another blob is
-   refused - neither run nor answered, so a forged task id never reaches the first task's
+0. **First**, :meth:`~Completions.recorded` binds the task id to the task's blob through the
+   task record (:func:`~pixfleet.records.bind_task`): a task whose id is bound to another blob
+   is refused - neither run nor answered, so a forged task id never reaches the first task's
    record, outputs or reply channel.
-1. **Before running**, :meth:`~Completions.recorded` looks for the completion record of
-   (task id, group) in the blob store (:mod:`pixfleet.records`). If there is one, the task is
-   not run again: the delivery is answered with the recorded result.
+1. **Before running** - in the same trip to the blob store - it looks for the completion record
+   of (task id, group) (:mod:`pixfleet.records`). If there is one, the task is not run again:
+   the delivery is answered with the recorded result.
 2. **After running** (or failing for good), :meth:`~Completions.record` writes the result
    create-if-absent. Exactly one writer wins, on every machine and whatever the transport; a
    loser (a concurrent copy of the same task id) adopts the winner's result and stays silent,
@@ -43,7 +43,7 @@ from brokers.policy import RECONNECT
 from pixfleet.blobs import BlobStore
 from pixfleet.envelope import Result, Task
 from pixfleet.errors import BlobError, BrokerBlocked, PixfleetError
-from pixfleet.records import bind_task, mark_replied, read_result, record_result, was_replied
+from pixfleet.records import bind_and_read_result, mark_replied, record_result, was_replied
 
 log = logging.getLogger(__name__)
 
@@ -73,16 +73,13 @@ class Completions:
         self.replies = replies
         self.grace = grace
 
-    async def bind(self, task: Task) -> None:
-        """Bind the task id to the task's blob (the task record, recorded now if absent);
-        :class:`~pixfleet.errors.TaskConflict` if it is bound to another blob. Raises the
-        store's :class:`BlobError` too (``blob.unavailable`` is retryable)."""
-        await bind_task(self.blobs, task)
-
     async def recorded(self, task: Task, group: str) -> Outcome | None:
-        """The recorded answer of (task, group), addressed to this delivery's task, or None.
-        Raises the store's :class:`BlobError` (``blob.unavailable`` is retryable)."""
-        result = await read_result(self.blobs, task.id, group)
+        """Bind the task id to the task's blob (the task record, recorded now if absent), then
+        the recorded answer of (task, group) addressed to this delivery's task, or None - in one
+        trip to the blob store (:func:`~pixfleet.records.bind_and_read_result`). Raises
+        :class:`~pixfleet.errors.TaskConflict` if the id is bound to another blob, and the
+        store's :class:`BlobError` (``blob.unavailable`` is retryable)."""
+        result = await bind_and_read_result(self.blobs, task, group)
         if result is None:
             return None
         if result.correlation_id != task.correlation_id:

@@ -138,7 +138,6 @@ class Handler:
         """The recorded answer of the task if there is one, else run it and record. Raises
         :class:`TaskConflict` if the task id is bound to another blob."""
         task = delivery.message
-        await self.completions.bind(task)
         answered = await self.completions.recorded(task, self.settings.group)
         if answered is not None:
             return answered

@@ -62,6 +62,19 @@ async def bind_task(store: BlobStore, task: Task) -> Task:
     return same_blob(recorded, task)
 
 
+async def bind_and_read_result(store: BlobStore, task: Task, group: str) -> Result | None:
+    """:func:`bind_task`, then :func:`read_result` of (task, ``group``): both in one trip to the
+    store (:meth:`~pixfleet.blobs.BlobStore.read_many`). The task record is still bound first:
+    a :class:`~pixfleet.errors.TaskConflict` is raised before any result is looked at."""
+    tkey, rkey, body = task_key(task.id), result_key(task.id, group), encode(task)
+    recorded, result = await store.read_many([tkey, rkey], create={tkey: body})
+    if recorded is None:  # deleted between its create and its read: bind the slow way
+        await bind_task(store, task)
+    elif recorded != body:  # recorded before, by the submission path or an earlier copy
+        same_blob(decode_task(recorded), task)
+    return None if result is None else decode_result(result)
+
+
 def same_blob(recorded: Task, task: Task) -> Task:
     """``recorded`` if it names the blob ``task`` names; else :class:`TaskConflict`."""
     if recorded.blob.sha256 != task.blob.sha256:

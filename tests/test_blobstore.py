@@ -107,6 +107,19 @@ async def test_create_if_absent_has_exactly_one_winner(store: BlobStore) -> None
     assert await store.create(key, b"again")
 
 
+async def test_read_many_reads_and_creates_if_absent_in_one_call(store: BlobStore) -> None:
+    await store.put("records/a", b"A")
+    keys = ["records/a", "records/b", "records/c"]
+    assert await store.read_many(keys, create={"records/c": b"C"}) == [b"A", None, b"C"]
+    assert await store.read("records/c") == b"C"
+    again = {"records/a": b"X", "records/c": b"Y"}  # create-if-absent: what is there stays
+    assert await store.read_many(["records/a", "records/c"], create=again) == [b"A", b"C"]
+    key = "records/race"
+    racers = [store.read_many([key], create={key: f"w{i}".encode()}) for i in range(8)]
+    seen = {got[0] for got in await asyncio.gather(*racers)}
+    assert len(seen) == 1 and seen == {await store.read(key)}  # one winner, read by all
+
+
 async def test_integrity_is_checked_on_get(store: BlobStore) -> None:
     ref = await store_upload(store, b"original", "image/png")
     await store.put(ref.uri, b"tampered")
@@ -145,6 +158,8 @@ async def test_keys_cannot_leave_the_store(store: BlobStore, key: str) -> None:
         await store.read(key)
     with pytest.raises(BlobKeyError):
         await store.put(key, b"x")
+    with pytest.raises(BlobKeyError):
+        await store.read_many(["records/fine", key], create={key: b"x"})
 
 
 async def test_symlink_escaping_the_root_is_refused(tmp_path: Path) -> None:

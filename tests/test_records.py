@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from pixfleet import records
 from pixfleet.blobs.memory import MemoryBlobStore
-from tests.helpers.tasks import make_result, make_task
+from pixfleet.errors import TaskConflict
+from tests.helpers.tasks import fake_blob, make_result, make_task
 
 
 async def test_a_task_id_is_recorded_once() -> None:
@@ -51,3 +54,18 @@ async def test_reply_marks_are_idempotent() -> None:
     await records.mark_replied(store, "t1", "thumbs")
     await records.mark_replied(store, "t1", "thumbs")
     assert await records.was_replied(store, "t1", "thumbs")
+
+
+async def test_binding_and_reading_the_result_in_one_trip() -> None:
+    store = MemoryBlobStore()
+    task = make_task("thumbs")
+    assert await records.bind_and_read_result(store, task, "thumbs") is None
+    assert await records.read_task(store, task.id) == task  # recorded now
+    result = make_result(task, "thumbs")
+    await records.record_result(store, result)
+    assert await records.bind_and_read_result(store, task, "thumbs") == result
+    # the same id with another blob is refused, though a result is recorded
+    forged = task.model_copy(update={"blob": fake_blob(b"other bytes")})
+    with pytest.raises(TaskConflict):
+        await records.bind_and_read_result(store, forged, "thumbs")
+    assert await records.read_task(store, task.id) == task

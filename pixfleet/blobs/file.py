@@ -17,7 +17,7 @@ import hashlib
 import os
 import stat
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, TypeVar
@@ -132,6 +132,12 @@ class FileBlobStore:
             return False
         return True
 
+    async def read_many(
+        self, keys: Sequence[str], create: Mapping[str, bytes] | None = None
+    ) -> list[bytes | None]:
+        """Every key in one thread hop (the key checks, reads and creates alike)."""
+        return await _io(self._read_many, keys, create or {})
+
     async def delete(self, key: str) -> None:
         await _io(self._at, key, Path.unlink, True)
 
@@ -153,6 +159,24 @@ class FileBlobStore:
         """``fn(path_for_key(key), *args)``: the key's check (its ``lstat`` calls) runs in the
         same thread hop as the operation, off the event loop."""
         return fn(self.path_for_key(key), *args)
+
+    def _read_many(self, keys: Sequence[str], create: Mapping[str, bytes]) -> list[bytes | None]:
+        return [self._read_or_create(key, create.get(key)) for key in keys]
+
+    def _read_or_create(self, key: str, data: bytes | None) -> bytes | None:
+        """The bytes of ``key``; if there are none, create it with ``data`` (``os.link``: one
+        racing writer wins) and read what won - or None, without ``data``."""
+        path = self.path_for_key(key)
+        try:
+            return _read(path, key, None)
+        except BlobNotFound:
+            if data is None:
+                return None
+        try:
+            self._write(path, [data], os.link)
+        except FileExistsError:
+            return _read(path, key, None)
+        return data
 
     def _staging_path(self) -> Path:
         return self.root / _STAGING / f"{uuid.uuid4().hex}.tmp"

@@ -7,7 +7,7 @@ it is no substitute for ``file://`` or ``s3://`` anywhere a second process must 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 
 from pixfleet.blobs.keys import check_key, upload_key, verify
@@ -64,6 +64,16 @@ class MemoryBlobStore:
         self.blobs[key] = bytes(data)
         self.modified[key] = datetime.now(UTC)
         return True
+
+    async def read_many(
+        self, keys: Sequence[str], create: Mapping[str, bytes] | None = None
+    ) -> list[bytes | None]:
+        out: list[bytes | None] = []
+        for key in keys:
+            if create is not None and key in create:
+                await self.create(key, create[key])
+            out.append(self.blobs.get(check_key(key)))
+        return out
 
     async def delete(self, key: str) -> None:
         self.blobs.pop(check_key(key), None)

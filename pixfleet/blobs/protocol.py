@@ -12,12 +12,14 @@ read that does not match), :class:`~pixfleet.errors.BlobUnavailable` (I/O; retry
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
+import asyncio
+from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
 from pixfleet.envelope import BlobRef
+from pixfleet.errors import BlobNotFound
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,15 @@ class BlobStore(Protocol):
         of several racing writers wins, on every machine."""
         ...
 
+    async def read_many(
+        self, keys: Sequence[str], create: Mapping[str, bytes] | None = None
+    ) -> list[bytes | None]:
+        """The bytes under each of ``keys``, in order (None where nothing is), in one trip to the
+        store where it can: one thread hop (``file://``), concurrent requests (``s3://``). A key
+        of ``create`` that holds nothing is created with its bytes as :meth:`create` does (one
+        racing writer wins) and then reads as what it holds - these bytes if this call won."""
+        ...
+
     async def delete(self, key: str) -> None:
         """Remove ``key``; a key that is not there is not an error."""
         ...
@@ -85,3 +96,24 @@ class BlobStore(Protocol):
     def url_for(self, key: str) -> str:
         """Where a client can fetch ``key`` (a ``file://`` URL, a presigned HTTPS URL, ...)."""
         ...
+
+
+async def read_each(
+    store: BlobStore, keys: Sequence[str], create: Mapping[str, bytes] | None = None
+) -> list[bytes | None]:
+    """:meth:`BlobStore.read_many` by the store's own ``read`` and ``create``, the keys
+    concurrently: for a store whose calls are requests, not thread hops."""
+    return list(
+        await asyncio.gather(*(_read_or_create(store, k, (create or {}).get(k)) for k in keys))
+    )
+
+
+async def _read_or_create(store: BlobStore, key: str, data: bytes | None) -> bytes | None:
+    try:
+        return await store.read(key)
+    except BlobNotFound:
+        if data is None:
+            return None
+    if await store.create(key, data):
+        return data
+    return await store.read(key)  # a racing writer won

@@ -25,7 +25,7 @@ import contextlib
 import hashlib
 import logging
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -42,8 +42,9 @@ from obstore.exceptions import (
 )
 from obstore.store import S3Store
 
+from pixfleet.blobs.hashing import HashingSource
 from pixfleet.blobs.keys import check_key, upload_key, verify
-from pixfleet.blobs.protocol import BlobInfo, StoredBlob
+from pixfleet.blobs.protocol import BlobInfo, StoredBlob, read_each
 from pixfleet.blobs.s3_settings import S3Settings
 from pixfleet.envelope import BlobRef
 from pixfleet.errors import (
@@ -112,7 +113,7 @@ class S3BlobStore:
         return StoredBlob(key, hashlib.sha256(data).hexdigest(), len(data))
 
     async def put_stream(self, chunks: AsyncIterable[bytes]) -> StoredBlob:
-        source = _HashingSource(chunks)
+        source = HashingSource(chunks)
         head = await source.read_at_least(PART_SIZE)
         if source.finished:
             return await self.put(upload_key(source.sha256()), b"".join(head))
@@ -152,6 +153,12 @@ class S3BlobStore:
             except (AlreadyExistsError, PreconditionError):
                 return False
         return True
+
+    async def read_many(
+        self, keys: Sequence[str], create: Mapping[str, bytes] | None = None
+    ) -> list[bytes | None]:
+        """One request per key (two for a created one), all at once (obstore is async)."""
+        return await read_each(self, keys, create)
 
     async def delete(self, key: str) -> None:
         with self._translated("delete", check_key(key)):
@@ -215,46 +222,6 @@ class S3BlobStore:
             raise BlobKeyError(f"S3 refused the key {key!r}: {_summary(exc)}") from exc
         except BaseError as exc:
             raise BlobUnavailable(f"cannot {where}: {_summary(exc)}") from exc
-
-
-class _HashingSource:
-    """Wraps the caller's chunks: hashes and counts them as they are consumed, once."""
-
-    def __init__(self, chunks: AsyncIterable[bytes]) -> None:
-        self._chunks = aiter(chunks)
-        self._digest = hashlib.sha256()
-        self.size = 0
-        self.finished = False
-
-    def sha256(self) -> str:
-        return self._digest.hexdigest()
-
-    async def read_at_least(self, limit: int) -> list[bytes]:
-        """Buffer ``limit`` bytes (or all, if the stream ends first: then ``finished``)."""
-        parts: list[bytes] = []
-        while self.size < limit and (chunk := await self._next()) is not None:
-            parts.append(chunk)
-        return parts
-
-    async def rest(self, head: list[bytes]) -> AsyncIterator[bytes]:
-        """The ``head`` chunks, then those not read yet (each released once sent)."""
-        while head:
-            yield head.pop(0)
-        while (chunk := await self._next()) is not None:
-            yield chunk
-
-    async def _next(self) -> bytes | None:
-        while not self.finished:
-            try:
-                chunk = await anext(self._chunks)
-            except StopAsyncIteration:
-                self.finished = True
-                break
-            if chunk:
-                self._digest.update(chunk)
-                self.size += len(chunk)
-                return chunk
-        return None
 
 
 def _client(settings: S3Settings) -> S3Store:
