@@ -113,6 +113,15 @@ class InflightLog:
         counts[offset] = min(counts.get(offset, 0) + 1, _MAX_COUNT)
         self._dirty.add(tp)
 
+    def uncount(self, tp: TopicPartition, offset: int) -> None:
+        """Take back one count of the record: counted, then not handed out after all."""
+        counts = self._counts.get(tp, {})
+        if offset in counts:
+            counts[offset] -= 1
+            if counts[offset] <= 0:
+                del counts[offset]
+            self._dirty.add(tp)
+
     def settled(self, tp: TopicPartition, offset: int) -> None:
         """The record is done (acked, retried or dead-lettered): forget it, soon on the broker
         too."""

@@ -33,6 +33,7 @@ from typing import Generic, Protocol, Self, TypeVar
 
 from aiokafka import TopicPartition
 
+from brokers.kafka.counting import AheadCounts
 from brokers.kafka.delivery import KafkaDelivery
 from brokers.kafka.inflight import InflightLog
 from brokers.kafka.member import GroupMember, MemberHost, Pending
@@ -41,7 +42,6 @@ from brokers.kafka.records import (
     dead_reason,
     is_targeted,
     retry_delay,
-    retry_info,
     targets_of,
 )
 from brokers.outage import Outage, SubscriptionState
@@ -100,6 +100,7 @@ class KafkaSubscription(Generic[M]):
         self._until_empty = until_empty
         inflight = InflightLog(host, inflight_topic, tuple(topics)) if inflight_topic else None
         self._inflight = inflight
+        self._counts = AheadCounts(inflight, host.settings.delivery_limit)
         member = partial(GroupMember, host, self, topics=topics, group_id=group_id)
         self._member = member(prefetch=self._prefetch, inflight=inflight, positions=positions)
         self._buffer: list[Pending] = []
@@ -144,8 +145,11 @@ class KafkaSubscription(Generic[M]):
 
     async def _next_due(self) -> KafkaDelivery[M] | None:
         now = time.monotonic()
-        for entry in list(self._buffer):
-            if entry.due <= now and entry in self._buffer and self._loaded(entry):
+        due = [e for e in self._buffer if e.due <= now and self._loaded(e)]
+        if due:  # one in-flight write for all of them (brokers.kafka.counting)
+            await self._outage.retry(partial(self._counts.count, due), _UNCONFIRMED)
+        for entry in due:
+            if entry in self._buffer:
                 delivery = await self._admit(entry)
                 if delivery is not None:
                     return delivery
@@ -159,32 +163,21 @@ class KafkaSubscription(Generic[M]):
         delivery limit) and return None."""
         try:
             targets_of(entry.record)
-            info = retry_info(entry.record)
+            self._counts.deliveries(entry)
             message = self._decode(entry.record.value or b"")
         except Exception as exc:  # noqa: BLE001 - no record, however hostile, ends a consumer
             await self._discard(entry, dead_reason(exc))
             return None
-        if not entry.deliveries:
-            prior = self._inflight.prior(entry.tp, entry.record.offset) if self._inflight else 0
-            entry.deliveries = info.attempt + prior
         if entry.deliveries > self.delivery_limit:
             await self._discard(entry, delivery_limit_reason(self.delivery_limit, _CRASHED))
             return None
-        await self._count(entry)
+        if not self._counts.confirmed(entry):
+            await self._outage.retry(partial(self._counts.count, [entry]), _UNCONFIRMED)
         if entry not in self._buffer:
             return None  # its partition was revoked meanwhile
         self._buffer.remove(entry)
         self._yielded.add((entry.tp, entry.record.offset))
         return KafkaDelivery(message, entry.deliveries, self, entry.tp, entry.record)
-
-    async def _count(self, entry: Pending) -> None:
-        """Write the delivery into the in-flight set before it is handed out."""
-        if self._inflight is None:
-            return
-        if not entry.counted:
-            self._inflight.handed_out(entry.tp, entry.record.offset)
-            entry.counted = True
-        await self._outage.retry(self._inflight.flush, _UNCONFIRMED)
 
     async def _discard(self, entry: Pending, reason: str) -> None:
         tp, offset = entry.tp, entry.record.offset
@@ -262,6 +255,7 @@ class KafkaSubscription(Generic[M]):
     async def let_go(self, revoked: set[TopicPartition]) -> None:
         """A rebalance takes ``revoked``: drop their buffered records and wait (at most
         ``REVOKE_DRAIN`` s) for their in-flight ones (the Holder of the member)."""
+        self._counts.drop(e for e in self._buffer if e.tp in revoked)
         self._buffer = [e for e in self._buffer if e.tp not in revoked]
         deadline = time.monotonic() + REVOKE_DRAIN
         while any(tp in revoked for tp, _ in self._yielded) and time.monotonic() < deadline:
@@ -284,6 +278,7 @@ class KafkaSubscription(Generic[M]):
         if self._closed:
             return
         self._closed = True
+        self._counts.drop(self._buffer)
         self._buffer.clear()
         if not self._yielded:
             await self._stop()
@@ -291,6 +286,7 @@ class KafkaSubscription(Generic[M]):
     async def force_close(self) -> None:
         """Leave now (the transport is closing): unsettled deliveries are redelivered."""
         self._closed = True
+        self._counts.drop(self._buffer)
         self._buffer.clear()
         await self._stop()
 
