@@ -62,13 +62,14 @@ class AmqpChannels:
         duplicate: at-least-once). Raises :class:`BrokerBlocked` when RabbitMQ has blocked the
         connection for :data:`BLOCKED_GRACE` seconds (an alarm), :class:`BrokerError` when it
         refuses a declaration and :class:`BrokerUnavailable` when it stays out of reach."""
-        patience = Patience(self.settings.reconnect_timeout)
+        patience: Patience | None = None  # made on the first failure: none on the fast path
         while True:
             try:
-                return await self._unless_blocked(self._attempt(op))
+                return await self._unless_blocked(op)
             except aiormq.exceptions.ChannelPreconditionFailed as exc:
                 raise BrokerError(f"RabbitMQ refused a declaration: {describe(exc)}") from exc
             except RETRYABLE as exc:
+                patience = patience or Patience(self.settings.reconnect_timeout)
                 wait = None if self._connection.closed else patience.next_wait()
                 if wait is None:
                     raise BrokerUnavailable(
@@ -152,30 +153,25 @@ class AmqpChannels:
 
         await self.with_channel(op)
 
-    async def _attempt(self, op: Callable[[AbstractChannel], Awaitable[T]]) -> T:
+    async def _unless_blocked(self, op: Callable[[AbstractChannel], Awaitable[T]]) -> T:
+        """Run ``op`` on the publishing channel within ``op_timeout``, in the caller's task (no
+        task or wait per publish). If it is still pending after :data:`BLOCKED_GRACE` seconds
+        on a connection RabbitMQ blocks, it is cancelled and :class:`BrokerBlocked` raised (not
+        confirmed: a publish already sent may still be stored once the alarm clears)."""
         channel = await self._publisher()
-        async with asyncio.timeout(self.settings.op_timeout):
-            return await op(channel)
-
-    async def _unless_blocked(self, work: Awaitable[T]) -> T:
-        """Await ``work``; if it is still pending after :data:`BLOCKED_GRACE` seconds on a
-        connection RabbitMQ blocks, give up with :class:`BrokerBlocked` (not confirmed: a
-        publish already sent may still be stored once the alarm clears)."""
-        task = asyncio.ensure_future(work)
+        watch = _BlockedWatch(self._connection)
         try:
-            done, _ = await asyncio.wait({task}, timeout=BLOCKED_GRACE)
-            if not done and await self._connection.blocked():
+            async with asyncio.timeout(self.settings.op_timeout):
+                return await op(channel)
+        except asyncio.CancelledError:
+            if watch.cancelled_it():
                 raise BrokerBlocked(
                     f"{self._connection.url} blocks publishers (memory or disk alarm);"
                     " nothing was confirmed, try again later"
-                )
-            return await task
+                ) from None
+            raise
         finally:
-            if not task.done():
-                task.cancel()
-                await asyncio.wait({task})
-                if not task.cancelled():
-                    task.exception()  # retrieved: it is superseded by ours
+            watch.stop()
 
     async def _publisher(self) -> AbstractChannel:
         """The publishing channel, replaced (with the topology cache) when it or its
@@ -193,3 +189,39 @@ class AmqpChannels:
             self._pub_generation = connection.generation
             self.topology.forget()
         return self._pub
+
+
+class _BlockedWatch:
+    """Started around one publishing operation: after :data:`BLOCKED_GRACE` seconds it asks
+    whether RabbitMQ blocks the connection and, if so, cancels the operation's task. Costs one
+    timer on the fast path (the operation done within the grace)."""
+
+    def __init__(self, connection: AmqpConnection) -> None:
+        self._connection = connection
+        self._task = asyncio.current_task()
+        self._timer = asyncio.get_running_loop().call_later(BLOCKED_GRACE, self._check)
+        self._probe: asyncio.Task[None] | None = None
+        self._blocked = False
+        self._stopped = False
+
+    def _check(self) -> None:
+        self._probe = asyncio.ensure_future(self._probe_blocked())
+
+    async def _probe_blocked(self) -> None:
+        blocked = await self._connection.blocked()
+        if blocked and not self._stopped and self._task is not None:
+            self._blocked = True
+            self._task.cancel()
+
+    def cancelled_it(self) -> bool:
+        """Whether the cancellation being handled is this watch's (the caller's own
+        cancellation goes on as one)."""
+        if not self._blocked or self._task is None:
+            return False
+        return self._task.uncancel() == 0
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._timer.cancel()
+        if self._probe is not None and not self._probe.done():
+            self._probe.cancel()
