@@ -25,8 +25,8 @@ from brokers import names
 from brokers.amqp.admin import AmqpAdmin
 from brokers.amqp.channels import AmqpChannels
 from brokers.amqp.connection import AmqpConnection
-from brokers.amqp.failures import confirmed
 from brokers.amqp.fleet import AmqpFleet
+from brokers.amqp.publishing import publish
 from brokers.amqp.settings import AmqpSettings
 from brokers.amqp.subscription import AmqpSubscription
 from brokers.contract import DeadLetter, Delivery, GroupStats, Subscription
@@ -86,7 +86,9 @@ class AmqpTransport(AdminDelegate, FleetDelegate):
             for group in task.groups:
                 await topology.declare_group(channel, group)
             exchange = await topology.task_exchange(channel)
-            await confirmed(exchange.publish(message, routing_key=""), what=f"task {task.id}")
+            await publish(
+                channel, message, exchange=exchange.name, routing_key="", what=f"task {task.id}"
+            )
 
         try:
             await self._channels.with_channel(op)
@@ -100,17 +102,16 @@ class AmqpTransport(AdminDelegate, FleetDelegate):
 
         async def op(channel: AbstractChannel) -> str:
             await self._channels.topology.declare_results(channel)
-            exchange = channel.default_exchange
             try:
-                publishing = exchange.publish(message, routing_key=names.amqp_reply_queue(reply_to))
-                await confirmed(publishing, what="result")
+                queue = names.amqp_reply_queue(reply_to)
+                await publish(channel, message, exchange="", routing_key=queue, what="result")
                 return reply_to
             except Unroutable:
                 log.info(
                     "reply channel %s is gone; result goes to %s", reply_to, names.DEFAULT_RESULTS
                 )
             fallback = names.amqp_reply_queue(names.DEFAULT_RESULTS)
-            await confirmed(exchange.publish(message, routing_key=fallback), what="result")
+            await publish(channel, message, exchange="", routing_key=fallback, what="result")
             return names.DEFAULT_RESULTS
 
         return await self._channels.with_channel(op)
