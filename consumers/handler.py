@@ -215,6 +215,7 @@ class Handler:
         with steps.step("queue"):
             await self._slots.acquire()
         self.busy += 1
+        progress.begin()
         try:
             with steps.step("fetch"):  # in the slot: at most `concurrency` blobs held at once
                 data = await self.blobs.get(task.blob)

@@ -4,7 +4,10 @@ The worker reports each step as it starts (``queue``, ``fetch``, ``process``, ``
 the pipeline reports from its pool process (``process``, ``done`` of ``total``: thumbs, one per
 rendition) and each output as it is stored (``store``, ``done`` of ``total``). A report is
 written only once the run has taken ``every`` seconds, and then at most once per ``every``
-seconds, so a quick task writes none and a long one a few; the write
+seconds, so a quick task writes none and a long one a few. The run is counted from
+:meth:`~ProgressReporter.begin` - when the task gets its pipeline slot - so a quick task that
+waited its turn behind others (a worker with a deep prefetch) writes none either: the report
+would only say which step it started a moment before its result. The write
 (:func:`pixfleet.progress.write_progress`, the latest report of the task in the blob store) runs
 in the background and never slows or fails the task - a report that cannot be written is
 dropped with a debug line. :meth:`ProgressReporter.aclose` ends the run's reporting (the result
@@ -44,6 +47,10 @@ class ProgressReporter:
         self._last: float | None = None
         self._writing: asyncio.Task[None] | None = None
         self._next: Progress | None = None  # the newest report waiting for the write in flight
+
+    def begin(self) -> None:
+        """The run begins now: the time before (the wait for a slot) does not count."""
+        self._started = time.monotonic()
 
     def report(self, step: str, done: int = 0, total: int | None = None, message: str = "") -> None:
         """Report ``step`` (``done`` of ``total``), if the rate limit lets it through."""

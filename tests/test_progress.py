@@ -23,8 +23,11 @@ from consumers.pipelines import resolve
 from consumers.pipelines.base import Limits, PipelineOutput
 from consumers.pipelines.progress import report_progress
 from consumers.pool import PipelinePool
+from consumers.progress import ProgressReporter
 from consumers.worker import Worker, WorkerSettings
 from pixfleet.blobs.file import FileBlobStore
+from pixfleet.blobs.memory import MemoryBlobStore
+from pixfleet.envelope import WorkerInfo
 from pixfleet.progress import Progress, decode_progress, read_progress
 from producer import replies
 from producer.inspect import vet
@@ -33,7 +36,7 @@ from producer.submission import Submission, SubmitOptions
 from tests.conftest import BrokerUnderTest
 from tests.helpers import images, pipelines
 from tests.helpers.cli import REPO
-from tests.helpers.tasks import unique
+from tests.helpers.tasks import make_task, unique
 
 
 @pytest.fixture(params=["sqlite", "amqp"])
@@ -161,3 +164,21 @@ async def test_a_pipeline_reports_progress_from_its_pool_process() -> None:
     assert heard == [(1, 3, "step 1"), (2, 3, "step 2"), (3, 3, "step 3")]
     assert thumbs[-1] == (4, 4, "256.webp")  # one per rendition, rate-limited, the last always
     report_progress(1, 2, "outside a pool")  # a no-op, not an error
+
+
+async def test_the_wait_for_a_slot_does_not_count_towards_the_rate_limit() -> None:
+    store, task = MemoryBlobStore(), make_task("g")
+    worker = WorkerInfo(id="w", host="h", pid=1)
+    waited = ProgressReporter(store, task, "g", worker, every=0.2)
+    await asyncio.sleep(0.25)  # waiting its turn for a slot
+    waited.begin()
+    waited.report("fetch")  # and done a moment later: nothing worth a write
+    await waited.aclose()
+    assert await read_progress(store, task.id, "g") is None
+    ran = ProgressReporter(store, task, "g", worker, every=0.2)
+    ran.begin()
+    await asyncio.sleep(0.25)  # running
+    ran.report("process")
+    await ran.aclose()
+    written = await read_progress(store, task.id, "g")
+    assert written is not None and written.step == "process"
