@@ -24,6 +24,7 @@ from brokers.kafka.commits import PartitionCommits, RebalanceListener
 from brokers.kafka.failures import translate
 from brokers.kafka.gaps import GapGuard
 from brokers.kafka.inflight import InflightLog, LogHost
+from brokers.kafka.leadership import Leadership, leave
 from brokers.kafka.records import Record
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ class GroupMember:
         self.inflight = inflight
         self.commits = PartitionCommits(group_id, positions)
         self.gaps = GapGuard(group_id)
+        self.leadership = Leadership()
         self._consumer: AIOKafkaConsumer | None = None
         self._revoking = False
         self._started_at = 0.0
@@ -113,7 +115,10 @@ class GroupMember:
         positions = self.commits.store
         group_id = self.group_id if positions is None else None
         options = self._host.settings.member_options(group_id, prefetch=self._prefetch)
-        consumer = AIOKafkaConsumer(**options)
+        self.leadership = Leadership()
+        consumer = AIOKafkaConsumer(
+            **options, partition_assignment_strategy=(self.leadership.assignor(),)
+        )
         if positions is None:
             consumer.subscribe(self.topics, listener=RebalanceListener(self))
         else:
@@ -144,8 +149,8 @@ class GroupMember:
             await self.inflight.close()
         self.stopped = True
         self.commits.detach()
-        try:
-            await self._consumer.stop()  # leaves the group: partitions move on at once
+        try:  # leaves the group: partitions move on at once (the leader's: see leadership)
+            await leave(self._consumer, self.leadership, self.group_id)
         except KafkaError as exc:
             log.debug("stopping consumer of %s: %s", self.group_id, exc)
         self._consumer = None

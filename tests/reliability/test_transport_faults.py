@@ -179,14 +179,10 @@ async def test_idle_fleets_ride_out_an_outage_while_a_kafka_group_changes(
     print(f"kafka group: {counts}, commit audit: {violations[:5]}")
     assert violations == [], violations[:5]  # safety: never a commit past unfinished work
     assert (counts.joins, counts.kills, counts.leaves) == (2, 2, 2), counts
-    try:
-        row.report.assert_clean(max_duplicates=counts.kills, max_extra=counts.kills)
-        _assert_drained(row)
-    except AssertionError as exc:
-        # Liveness only: nothing lost, the rest is still on the topic. Open issue-9 defect
-        # (docs/reliability.md "Open"): in 2 of 6 runs the members left after the churn stopped
-        # consuming (202 and 490 of 2,000 ran in 240 s); the outage rows above stay strict.
-        pytest.xfail(f"open defect: a Kafka group that changed stopped consuming ({exc})")
+    # Liveness too: a leader that left mid-rebalance stranded tansu's group (docs/reliability.md
+    # "Found and fixed: a Kafka group that changed could stop consuming").
+    row.report.assert_clean(max_duplicates=counts.kills, max_extra=counts.kills)
+    _assert_drained(row)
 
 
 async def _restarts(node: PrivateRabbit, root: Path) -> Driven:
