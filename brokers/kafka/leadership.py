@@ -83,7 +83,7 @@ async def leave(consumer: AIOKafkaConsumer, leadership: Leadership, group_id: st
     """Stop ``consumer``: a LeaveGroup from a member, but none from the leader (see the module)."""
     coordinator: GroupCoordinator | None = getattr(consumer, "_coordinator", None)
     if leadership.leads and coordinator is not None:
-        log.info("%s: the group's leader stops without LeaveGroup (tansu)", group_id)
+        log.info("%s: this member leads the group: it stops without LeaveGroup", group_id)
 
         # aiokafka: no public way to close without LeaveGroup. Its close() sends one from
         # _maybe_leave_group; this one only forgets the generation, as that one does after.
