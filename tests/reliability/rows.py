@@ -13,7 +13,7 @@ import json
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -188,6 +188,23 @@ def _publish_report(report: Report) -> None:
         with open(path, "a") as out:
             out.write(json.dumps(report.as_dict()) + "\n")
     print(f"\n{report.row} [{report.transport}]: {report.as_dict()}")  # shown with pytest -s
+
+
+async def on_every_transport(
+    benches: Mapping[str, Bench], row: Callable[[Bench], Awaitable[None]]
+) -> None:
+    """Run ``row`` (which drives and asserts one row) on every bench at once - each on its own
+    broker, group and fleet, so they share nothing but the CPU. Every row finishes before the
+    failures (each noted with its transport) are raised together."""
+    kinds = list(benches)
+    outcomes = await asyncio.gather(*(row(benches[k]) for k in kinds), return_exceptions=True)
+    failed: dict[str, BaseException] = {}
+    for kind, outcome in zip(kinds, outcomes, strict=True):
+        if isinstance(outcome, BaseException):
+            outcome.add_note(f"transport: {kind}")
+            failed[kind] = outcome
+    if failed:
+        raise BaseExceptionGroup(f"the row failed on {', '.join(failed)}", list(failed.values()))
 
 
 # -- faults ------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -152,14 +153,15 @@ def network_faults(
 @dataclass
 class AlarmReport:
     publish_blocked_after: float = -1.0  # seconds until the transport's publish failed
-    uploader_blocked_after: float = -1.0  # seconds until `uploader enqueue` exited
-    uploader_error: str = ""  # its last stderr line
+    uploader_error_after: float = -1.0  # seconds from `uploader enqueue`'s start to its error
+    uploader_exited_after: float = -1.0  # ... to its exit (closing a blocked connection)
+    uploader_error: str = ""  # its error line (the last stderr line)
 
 
 def disk_alarm(node: PrivateRabbit, url: str, home: Path, report: AlarmReport) -> Fault:
     """Once every task is published and a third answered, raise the node's disk alarm: a
-    publish and ``uploader enqueue`` must fail with ``broker.blocked`` (measured), then the
-    alarm is cleared."""
+    publish and ``uploader enqueue`` must fail with ``broker.blocked`` (measured: the error's
+    arrival and the uploader's exit), then the alarm is cleared."""
 
     async def fault(run: Run) -> int:
         if not await progress(run, 0.3):
@@ -173,8 +175,9 @@ def disk_alarm(node: PrivateRabbit, url: str, home: Path, report: AlarmReport) -
                 await run.transport.publish(make_task(unique("alarm")))
             except BrokerBlocked:
                 report.publish_blocked_after = round(time.monotonic() - started, 2)
-            elapsed, line = await asyncio.to_thread(_uploader, url, home)
-            report.uploader_blocked_after, report.uploader_error = round(elapsed, 2), line
+            error, exited, line = await asyncio.to_thread(_uploader, url, home)
+            report.uploader_error_after, report.uploader_exited_after = error, exited
+            report.uploader_error = line
         finally:
             await asyncio.to_thread(node.disk_alarm, False)
         return 1
@@ -182,17 +185,27 @@ def disk_alarm(node: PrivateRabbit, url: str, home: Path, report: AlarmReport) -
     return fault
 
 
-def _uploader(url: str, home: Path) -> tuple[float, str]:
-    """``uploader enqueue`` of one photo: seconds until it exited, and its last stderr line."""
+def _uploader(url: str, home: Path) -> tuple[float, float, str]:
+    """``uploader enqueue`` of one photo (a new process: interpreter, imports, upload, publish):
+    seconds until its ``error[...]`` line arrived on stderr and until it exited, and its last
+    stderr line."""
     home.mkdir(parents=True, exist_ok=True)
     photo = home / "photo.jpg"
     photo.write_bytes(images.jpeg_bytes())
     env = {"PIXFLEET_HOME": str(home), "PIXFLEET_BROKER": url, "PYTHONPATH": str(REPO)}
-    started = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, "-m", "producer", "enqueue", str(photo)],
-        cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True, timeout=60,
-        check=False,
-    )  # fmt: skip
-    lines = done.stderr.strip().splitlines() or [f"exit {done.returncode}, no error line"]
-    return time.monotonic() - started, lines[-1]
+    started, error_after, lines = time.monotonic(), -1.0, [""]
+    with subprocess.Popen(
+        [sys.executable, "-m", "producer", "enqueue", str(photo)], cwd=REPO,
+        env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    ) as proc:  # fmt: skip
+        watchdog = threading.Timer(60, proc.kill)
+        watchdog.start()
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if error_after < 0 and line.startswith("error["):
+                error_after = round(time.monotonic() - started, 2)
+            lines.append(line.strip())
+        code = proc.wait()
+        watchdog.cancel()
+    exited_after = round(time.monotonic() - started, 2)
+    return error_after, exited_after, lines[-1] or f"exit {code}, no error line"
