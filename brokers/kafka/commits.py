@@ -1,5 +1,5 @@
 """Committing a group member's progress: explicit offsets, per partition, never past unfinished
-work, and never a bare ``commit()``.
+work, and never a bare ``commit()``; coalesced while the member runs, at once when it lets go.
 
 :class:`PartitionCommits` commits, for each assigned partition, the lowest offset still in
 flight (:class:`~brokers.kafka.offsets.OffsetTracker`); a ``CommitFailedError`` after a
@@ -9,6 +9,14 @@ once and never raised either: the offsets stay uncommitted in the tracker, so th
 after the next settle, or the subscription's next fetch while :attr:`PartitionCommits.behind` -
 carries them. A partition read with no group (a private reply channel) keeps its offsets in a
 dict of its transport instead. :class:`RebalanceListener` forwards aiokafka's rebalance callbacks.
+
+**Coalesced** (:meth:`PartitionCommits.settled`): a settled record does not commit by itself -
+that was one commit round trip per task. The member commits once :data:`COMMIT_EVERY` records
+settled since its last commit, or :data:`COMMIT_WITHIN` seconds after the first of them, and
+always at once when partitions are revoked and when it leaves the group (:meth:`commit`). What
+is committed is still the tracker's safe offset - the lowest unfinished one - so a crash
+commits nothing past a record in flight; it only redelivers up to the records settled since the
+last commit (answered from their completion records, not run again).
 """
 
 from __future__ import annotations
@@ -26,6 +34,11 @@ from brokers.kafka.offsets import OffsetTracker
 
 log = logging.getLogger(__name__)
 
+#: A member commits once this many records settled since its last commit ...
+COMMIT_EVERY = 128
+#: ... or this many seconds after the first of them settled, whichever comes first.
+COMMIT_WITHIN = 0.1
+
 
 class PartitionCommits:
     """The offset bookkeeping and commits of one group member (no commits until
@@ -38,6 +51,8 @@ class PartitionCommits:
         self._lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
         self.behind = False  # the last commit failed for a transient reason
+        self._settled = 0  # records settled since the last commit
+        self._timer: asyncio.Task[None] | None = None
 
     def attach(self, consumer: AIOKafkaConsumer) -> None:
         """Commit through ``consumer`` from now on (it is joining its group)."""
@@ -46,6 +61,25 @@ class PartitionCommits:
     def detach(self) -> None:
         """The member is leaving: commit nothing more."""
         self._consumer = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    async def settled(self) -> None:
+        """A record is done: commit when :data:`COMMIT_EVERY` records wait, else within
+        :data:`COMMIT_WITHIN` seconds (a reader with no group keeps its offsets at once)."""
+        self._settled += 1
+        if self.store is not None or self._settled >= COMMIT_EVERY:
+            await self.commit()
+        elif self._timer is None or self._timer.done():
+            self._timer = asyncio.create_task(self._commit_soon())
+
+    async def _commit_soon(self) -> None:
+        await asyncio.sleep(COMMIT_WITHIN)
+        try:
+            await self.commit()
+        except Exception:  # a background task: nobody else would see it
+            log.exception("background commit of %s failed; retried with the next", self.group_id)
 
     async def commit(self, only: set[TopicPartition] | None = None) -> None:
         """Commit every assigned partition (or those in ``only``) up to its safe offset."""
@@ -53,6 +87,8 @@ class PartitionCommits:
         if consumer is None:
             return
         async with self._lock:
+            if only is None:
+                self._settled = 0
             offsets = {
                 tp: off
                 for tp, off in self.tracker.to_commit().items()

@@ -1,7 +1,8 @@
 """One delivered Kafka record and the means to settle it.
 
 Settling never commits by itself: the subscription marks the record done in its offset
-tracker and commits up to the lowest unfinished offset of the partition. A nack counts only
+tracker and commits up to the lowest unfinished offset of the partition - coalesced, soon after
+(:class:`~brokers.kafka.commits.PartitionCommits`). A nack counts only
 once its retry copy or dead letter is confirmed: if that publish fails, the record is given back
 to its subscription - its offset stays unfinished, so nothing is committed past it - which
 hands it out again after a backoff, and the error propagates.

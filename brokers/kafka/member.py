@@ -201,13 +201,13 @@ class GroupMember:
         return all(pos >= ends[tp] for tp, pos in zip(assigned, positions, strict=True))
 
     async def done(self, tp: TopicPartition, offset: int) -> None:
-        """Record ``offset`` finished (and no longer in flight) and commit as far as is safe
-        (not during a revocation: that commits once, at its end)."""
+        """Record ``offset`` finished (and no longer in flight) and commit as far as is safe,
+        coalesced (not during a revocation: that commits once, at its end)."""
         self.commits.tracker.done(tp, offset)
         if self.inflight is not None:
             self.inflight.settled(tp, offset)
         if not self._revoking:
-            await self.commits.commit()
+            await self.commits.settled()
 
     # -- rebalancing (the Rebalanced of brokers.kafka.commits) ------------------------------
 
