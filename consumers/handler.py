@@ -218,7 +218,8 @@ class Handler:
         progress.begin()
         try:
             with steps.step("fetch"):  # in the slot: at most `concurrency` blobs held at once
-                data = await self.blobs.get(task.blob)
+                # a store the pool process can read itself (file://) is read there, in `process`
+                data = self.blobs.loader(task.blob) or await self.blobs.get(task.blob)
             with steps.step("process"):
                 out = await self.pool.process(
                     self.pipeline, data, task.params, s.limits, on_progress=progress.processed

@@ -167,14 +167,15 @@ class PipelinePool:
     async def process(
         self,
         pipeline: Pipeline,
-        data: bytes,
+        data: bytes | Callable[[], bytes],
         params: Mapping[str, Any],
         limits: Limits,
         on_progress: Listener | None = None,
     ) -> PipelineOutput:
-        """Run ``pipeline`` in a child; ``on_progress(done, total, message)`` hears what it
-        reports (:mod:`consumers.pipelines.progress`). Raises what the pipeline raised (typed),
-        ``TaskTimeout`` or ``WorkerCrashed``."""
+        """Run ``pipeline`` in a child on ``data`` - or on what the loader ``data`` returns
+        when the child calls it (:meth:`~pixfleet.blobs.BlobStore.loader`); ``on_progress(done,
+        total, message)`` hears what it reports (:mod:`consumers.pipelines.progress`). Raises
+        what the pipeline (or the loader) raised (typed), ``TaskTimeout`` or ``WorkerCrashed``."""
         if self._executor is None:
             raise RuntimeError("PipelinePool is not started")
         executor = self._executor

@@ -13,6 +13,7 @@ import resource
 import signal
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from types import FrameType
 from typing import Any
@@ -66,13 +67,19 @@ def _on_alarm(signum: int, frame: FrameType | None) -> None:
 
 
 def run_in_child(
-    pipeline: Pipeline, data: bytes, params: dict[str, Any], limits: Limits, token: int = 0
+    pipeline: Pipeline,
+    data: bytes | Callable[[], bytes],
+    params: dict[str, Any],
+    limits: Limits,
+    token: int = 0,
 ) -> PipelineOutput:
+    """``pipeline(data, ...)`` under the time limit; ``data`` may be a blob store's loader
+    (:meth:`~pixfleet.blobs.BlobStore.loader`), called here first (its errors are typed)."""
     previous = signal.signal(signal.SIGALRM, _on_alarm)
     signal.setitimer(signal.ITIMER_REAL, limits.timeout)
     try:
         with pipeline_progress.running(token):
-            return pipeline(data, params, limits)
+            return pipeline(data if isinstance(data, bytes) else data(), params, limits)
     except TaskTimeout:
         raise TaskTimeout(f"pipeline exceeded its time limit of {limits.timeout:g} s") from None
     except PixfleetError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import pickle
 import resource
 import shutil
 import stat
@@ -118,6 +119,28 @@ async def test_read_many_reads_and_creates_if_absent_in_one_call(store: BlobStor
     racers = [store.read_many([key], create={key: f"w{i}".encode()}) for i in range(8)]
     seen = {got[0] for got in await asyncio.gather(*racers)}
     assert len(seen) == 1 and seen == {await store.read(key)}  # one winner, read by all
+
+
+async def test_a_loader_returns_what_get_returns(store: BlobStore) -> None:
+    ref = await store_upload(store, b"original", "image/png")
+    load = store.loader(ref)  # None: this store cannot be read from a pool process
+    assert load is None or pickle.loads(pickle.dumps(load))() == await store.get(ref)
+
+
+async def test_the_file_store_loader_checks_like_get(tmp_path: Path) -> None:
+    store = FileBlobStore(tmp_path / "blobs")
+    ref = await store_upload(store, b"original", "image/png")
+    await store.put(ref.uri, b"tampered")
+    with pytest.raises(BlobIntegrityError):
+        store.loader(ref)()
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "blobs" / "linked").symlink_to(tmp_path / "outside")
+    linked = ref.model_copy(update={"uri": "linked/x"})
+    with pytest.raises(BlobKeyError):
+        store.loader(linked)()
+    gone = ref.model_copy(update={"uri": "uploads/aa/bb/" + "a" * 64})
+    with pytest.raises(BlobNotFound):
+        store.loader(gone)()
 
 
 async def test_integrity_is_checked_on_get(store: BlobStore) -> None:

@@ -55,6 +55,7 @@ test_scan_lists_keys_sizes_and_ages_under_a_prefix = (
 test_read_many_reads_and_creates_if_absent_in_one_call = (
     suite.test_read_many_reads_and_creates_if_absent_in_one_call
 )
+test_a_loader_returns_what_get_returns = suite.test_a_loader_returns_what_get_returns
 test_integrity_is_checked_on_get = suite.test_integrity_is_checked_on_get
 test_missing_blob_is_not_found = suite.test_missing_blob_is_not_found
 test_keys_cannot_leave_the_store = suite.test_keys_cannot_leave_the_store

@@ -12,7 +12,7 @@ a reader never sees half a blob and a failed write leaves no ``.tmp`` file behin
 from __future__ import annotations
 
 import asyncio
-import errno
+import functools
 import hashlib
 import os
 import stat
@@ -23,25 +23,22 @@ from pathlib import Path
 from typing import BinaryIO, TypeVar
 from urllib.parse import unquote, urlsplit
 
-from pixfleet.blobs.keys import check_key, upload_key, verify
+from pixfleet.blobs.fileread import read_regular, read_verified
+from pixfleet.blobs.keys import check_key, upload_key
 from pixfleet.blobs.protocol import BlobInfo, StoredBlob
 from pixfleet.envelope import BlobRef
 from pixfleet.errors import (
-    BlobIntegrityError,
     BlobKeyError,
     BlobNotFound,
     BlobUnavailable,
     InvalidURL,
 )
-from pixfleet.images import MAX_BYTES
 from pixfleet.private import FILE_MODE, make_private_dirs
 from pixfleet.settings import redact
 from pixfleet.storage import blob_storage_error
 
 T = TypeVar("T")
-_STAGING = ".staging"
-#: Largest blob a plain :meth:`FileBlobStore.read` returns (outputs and records are far smaller).
-MAX_READ = 2 * MAX_BYTES  # inside the root, so a rename never crosses file systems
+_STAGING = ".staging"  # inside the root, so a rename never crosses file systems
 
 
 class FileBlobStore:
@@ -117,10 +114,13 @@ class FileBlobStore:
         return StoredBlob(key, digest.hexdigest(), size)
 
     async def read(self, key: str) -> bytes:
-        return await _io(self._at, key, _read, key, None)
+        return await _io(self._at, key, read_regular, key, None)
 
     async def get(self, ref: BlobRef) -> bytes:
-        return await _io(self._at, ref.uri, _read_verified, ref)
+        return await _io(self._at, ref.uri, read_verified, ref)
+
+    def loader(self, ref: BlobRef) -> Callable[[], bytes]:
+        return functools.partial(load_verified, str(self.root), ref)
 
     async def exists(self, key: str) -> bool:
         return await _io(self._at, key, Path.is_file)
@@ -168,14 +168,14 @@ class FileBlobStore:
         racing writer wins) and read what won - or None, without ``data``."""
         path = self.path_for_key(key)
         try:
-            return _read(path, key, None)
+            return read_regular(path, key, None)
         except BlobNotFound:
             if data is None:
                 return None
         try:
             self._write(path, [data], os.link)
         except FileExistsError:
-            return _read(path, key, None)
+            return read_regular(path, key, None)
         return data
 
     def _staging_path(self) -> Path:
@@ -236,48 +236,17 @@ def _publish_file(tmp: Path, path: Path, place: Callable[[Path, Path], None]) ->
         os.close(dir_fd)
 
 
-def _read(path: Path, key: str, size: int | None) -> bytes:
-    """The bytes of a regular file, read safely: no symlink is followed, a FIFO or device never
-    blocks (it is refused), and at most ``size`` (or :data:`MAX_READ`) + 1 bytes are read, so a
-    huge or growing file cannot exhaust memory. A size that differs from ``size`` is a
-    :class:`BlobIntegrityError` before anything is read."""
+def load_verified(root: str, ref: BlobRef) -> bytes:
+    """:meth:`FileBlobStore.get` without an event loop (in a pool process): the same key check
+    and verified read, in the calling thread."""
+    store = _stores.get(root) or _stores.setdefault(root, FileBlobStore(Path(root)))
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError as exc:
-        raise BlobNotFound(f"blob not found: {key}") from exc
+        return store._at(ref.uri, read_verified, ref)
     except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.EISDIR):
-            raise BlobKeyError(f"blob key {key} is not a regular file") from exc
-        raise BlobUnavailable(f"cannot read blob {key}: {exc.strerror or exc}") from exc
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise BlobKeyError(f"blob key {key} is not a regular file")
-        limit = MAX_READ if size is None else size
-        if (size is not None and st.st_size != size) or st.st_size > limit:
-            raise BlobIntegrityError(f"blob {key} has {st.st_size} bytes, expected {limit} at most")
-        data = _read_at_most(fd, limit + 1)
-    finally:
-        os.close(fd)
-    if len(data) > limit:
-        raise BlobIntegrityError(f"blob {key} grew past {limit} bytes while being read")
-    return data
+        raise unavailable(exc) from exc
 
 
-def _read_verified(path: Path, ref: BlobRef) -> bytes:
-    data = _read(path, ref.uri, ref.size)
-    return verify(ref.uri, data, sha256=ref.sha256, size=ref.size)
-
-
-def _read_at_most(fd: int, limit: int) -> bytes:
-    parts, total = [], 0
-    while total < limit:
-        part = os.read(fd, min(1 << 20, limit - total))
-        if not part:
-            break
-        parts.append(part)
-        total += len(part)
-    return b"".join(parts)
+_stores: dict[str, FileBlobStore] = {}  # root -> store, for load_verified (its root resolved)
 
 
 async def _io(fn: Callable[..., T], *args: object) -> T:
@@ -289,7 +258,11 @@ async def _io(fn: Callable[..., T], *args: object) -> T:
     except FileExistsError:
         raise
     except OSError as exc:
-        storage = blob_storage_error(exc)
-        if storage is not None:
-            raise storage from exc
-        raise BlobUnavailable(f"blob store I/O failed: {exc.strerror or exc}") from exc
+        raise unavailable(exc) from exc
+
+
+def unavailable(exc: OSError) -> BlobUnavailable:
+    """An OS error of the store as the :class:`BlobUnavailable` (or storage error) it means."""
+    return blob_storage_error(exc) or BlobUnavailable(
+        f"blob store I/O failed: {exc.strerror or exc}"
+    )

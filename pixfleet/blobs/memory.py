@@ -7,7 +7,7 @@ it is no substitute for ``file://`` or ``s3://`` anywhere a second process must 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 
 from pixfleet.blobs.keys import check_key, upload_key, verify
@@ -54,6 +54,9 @@ class MemoryBlobStore:
 
     async def get(self, ref: BlobRef) -> bytes:
         return verify(ref.uri, await self.read(ref.uri), sha256=ref.sha256, size=ref.size)
+
+    def loader(self, ref: BlobRef) -> Callable[[], bytes] | None:
+        return None  # another process cannot see this one's memory
 
     async def exists(self, key: str) -> bool:
         return check_key(key) in self.blobs

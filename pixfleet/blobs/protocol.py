@@ -13,7 +13,7 @@ read that does not match), :class:`~pixfleet.errors.BlobUnavailable` (I/O; retry
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -64,6 +64,11 @@ class BlobStore(Protocol):
 
     async def get(self, ref: BlobRef) -> bytes:
         """The bytes ``ref`` names, verified against its size and sha256."""
+        ...
+
+    def loader(self, ref: BlobRef) -> Callable[[], bytes] | None:
+        """:meth:`get` as a picklable call that a pool process on this machine makes itself
+        (the bytes then never pass through the caller), or None where that cannot be done."""
         ...
 
     async def exists(self, key: str) -> bool: ...

@@ -25,7 +25,7 @@ import contextlib
 import hashlib
 import logging
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -141,6 +141,9 @@ class S3BlobStore:
     async def get(self, ref: BlobRef) -> bytes:
         data = await self._fetch(ref.uri, ref.size)
         return verify(ref.uri, data, sha256=ref.sha256, size=ref.size)
+
+    def loader(self, ref: BlobRef) -> Callable[[], bytes] | None:
+        return None  # the worker fetches (async, no thread hop); a pool process has no client
 
     async def exists(self, key: str) -> bool:
         """Whether ``key`` exists (a HEAD request; it cannot tell a missing bucket apart)."""
