@@ -70,6 +70,17 @@ def _open_error(path: Path, message: str) -> BrokerUnavailable:
     return BrokerUnavailable(f"cannot open sqlite database {path}: {message}")
 
 
+_fdatasync = getattr(os, "fdatasync", os.fsync)  # what SQLite itself uses where it exists
+
+
+def _open_wal(path: Path) -> int | None:
+    """A descriptor of the database's write-ahead log (there once WAL mode wrote), or None."""
+    try:
+        return os.open(f"{path}-wal", os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None  # commits stay fsynced by SQLite itself
+
+
 class SqliteQueue:
     """Queue operations on one database file. Not thread-safe: one thread per instance.
 
@@ -77,9 +88,14 @@ class SqliteQueue:
     :class:`~pixfleet.errors.BrokerUnavailable` if that is impossible. A new file is created
     0600 (and missing directories 0700) whatever the umask; SQLite gives its ``-wal`` and
     ``-shm`` files the database file's mode.
+
+    ``defer_sync`` with ``synchronous=FULL``: commits are not fsynced, the caller :meth:`sync`-s
+    the log for those that must be durable (:mod:`brokers.sqlite.flusher`).
     """
 
-    def __init__(self, path: Path, *, busy_timeout: float, synchronous: str) -> None:
+    def __init__(
+        self, path: Path, *, busy_timeout: float, synchronous: str, defer_sync: bool = False
+    ) -> None:
         self.path = path
         try:
             touch_private(path)
@@ -97,9 +113,29 @@ class SqliteQueue:
             raise BrokerUnavailable(f"cannot create {path.parent}: {exc.strerror}") from exc
         self._batching = False
         self.transact(create_schema)
+        self._wal_fd = _open_wal(path) if defer_sync and synchronous == "FULL" else None
+        if self._wal_fd is not None:
+            self._db.execute("PRAGMA synchronous=NORMAL")  # the flusher fsyncs instead
+
+    @property
+    def sync_later(self) -> bool:
+        """Commits are not fsynced: durable operations wait for :meth:`sync`."""
+        return self._wal_fd is not None
 
     def close(self) -> None:
         self._db.close()
+        if self._wal_fd is not None:
+            os.close(self._wal_fd)
+            self._wal_fd = None
+
+    def sync(self) -> None:
+        """fsync the write-ahead log (``sync_later`` only; see :mod:`brokers.sqlite.flusher`)."""
+        if self._wal_fd is None:
+            return
+        try:
+            _fdatasync(self._wal_fd)
+        except OSError as exc:
+            raise BrokerUnavailable(f"cannot fsync {self.path}-wal: {exc.strerror}") from exc
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:

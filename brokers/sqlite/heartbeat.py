@@ -41,7 +41,7 @@ class Database(Protocol):
     @property
     def settings(self) -> SqliteSettings: ...
 
-    async def call(self, op: Callable[[SqliteQueue], T]) -> T: ...
+    async def call(self, op: Callable[[SqliteQueue], T], *, durable: bool = True) -> T: ...
 
 
 class Heartbeat:
@@ -75,7 +75,8 @@ class Heartbeat:
         await self._db.call(
             lambda db: db.heartbeat(
                 owner, topic, group, host=host, pid=pid, lease=lease, give_back=give_back
-            )
+            ),
+            durable=False,
         )
         self.give_back.difference_update(give_back)
 
@@ -85,7 +86,7 @@ class Heartbeat:
             return
         self._next_reap = time.monotonic() + REAP_INTERVAL
         host, stale_after = socket.gethostname(), self._db.settings.lease
-        dead = await self._db.call(lambda db: db.reap(host, stale_after=stale_after))
+        dead = await self._db.call(lambda db: db.reap(host, stale_after=stale_after), durable=False)
         if dead:
             log.warning("released the leases of dead consumer(s) %s", ", ".join(dead))
 

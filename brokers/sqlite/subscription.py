@@ -48,8 +48,9 @@ class _Host(Protocol):
     @property
     def settings(self) -> SqliteSettings: ...
 
-    async def call(self, op: Callable[[SqliteQueue], T]) -> T:
-        """Run ``op`` on the database thread; raises TransportClosed once the host is closed."""
+    async def call(self, op: Callable[[SqliteQueue], T], *, durable: bool = True) -> T:
+        """Run ``op`` on the database thread (``durable=False``: it only settles, no fsync
+        waited for); raises TransportClosed once the host is closed."""
         ...
 
     def call_soon(self, op: Callable[[SqliteQueue], object]) -> None:
@@ -152,7 +153,7 @@ class SqliteSubscription(Generic[M]):
 
     async def ack_delivery(self, delivery_id: int) -> bool:
         try:
-            held = await self._host.call(lambda db: db.ack(delivery_id, self.id))
+            held = await self._host.call(lambda db: db.ack(delivery_id, self.id), durable=False)
         except Exception:
             await self.give_back(delivery_id)
             raise
@@ -166,7 +167,8 @@ class SqliteSubscription(Generic[M]):
             await self._host.call(
                 lambda db: db.nack(
                     delivery_id, self.id, requeue=requeue, delay=delay, reason=reason
-                )
+                ),
+                durable=False,
             )
         except Exception:
             await self.give_back(delivery_id)
@@ -183,7 +185,7 @@ class SqliteSubscription(Generic[M]):
 
     async def _release(self, ids: list[int]) -> bool:
         try:
-            await self._host.call(lambda db: db.release(self.id, ids))
+            await self._host.call(lambda db: db.release(self.id, ids), durable=False)
         except BrokerError as exc:
             log.warning("cannot release deliveries %s now (%s); the next beat will", ids, exc)
             self._heart.give_back.update(ids)
@@ -203,7 +205,7 @@ class SqliteSubscription(Generic[M]):
         self._heart.finish()
         if self._heart.started:
             try:  # releases what a failed settle left leased, too
-                await self._host.call(lambda db: db.unregister(self.id))
+                await self._host.call(lambda db: db.unregister(self.id), durable=False)
             except BrokerError as exc:  # TransportClosed included: close released everything
                 log.debug("unregistering consumer %s: %s", self.id, exc)
         self._host.detach(self)
@@ -229,7 +231,8 @@ class SqliteSubscription(Generic[M]):
         call = self._host.call(
             lambda db: db.claim(
                 topic, group, owner, limit=room, lease=s.lease, delivery_limit=s.delivery_limit
-            )
+            ),
+            durable=False,
         )
         future = asyncio.ensure_future(call)
         try:
@@ -253,7 +256,9 @@ class SqliteSubscription(Generic[M]):
 
     async def _has_backlog(self) -> bool:
         return await self._outage.retry(
-            lambda: self._host.call(lambda db: db.has_backlog(self._topic, self._group)),
+            lambda: self._host.call(
+                lambda db: db.has_backlog(self._topic, self._group), durable=False
+            ),
             BrokerUnavailable,
         )
 
@@ -267,7 +272,7 @@ class SqliteSubscription(Generic[M]):
             try:
                 await self._outage.retry(
                     lambda: self._host.call(
-                        lambda db: db.dead_letter_now(item.delivery_id, reason)
+                        lambda db: db.dead_letter_now(item.delivery_id, reason), durable=False
                     ),
                     BrokerUnavailable,
                 )

@@ -9,7 +9,8 @@ and lease rules: :mod:`brokers.sqlite.schema`; polling and heartbeats:
 
 All database work of one transport runs on one thread, in the order it was asked for; the
 operations that queue up meanwhile are committed together (group commit:
-:mod:`brokers.sqlite.committer`).
+:mod:`brokers.sqlite.committer`), and with ``synchronous=full`` a second thread fsyncs the log
+for them while the next ones run (:mod:`brokers.sqlite.flusher`).
 """
 
 from __future__ import annotations
@@ -77,7 +78,13 @@ class SqliteTransport(FleetDelegate):
         loop = asyncio.get_running_loop()
         self._db = await loop.run_in_executor(
             self._executor,
-            partial(SqliteQueue, s.path, busy_timeout=s.busy_timeout, synchronous=s.synchronous),
+            partial(
+                SqliteQueue,
+                s.path,
+                busy_timeout=s.busy_timeout,
+                synchronous=s.synchronous,
+                defer_sync=True,
+            ),
         )
         await self.call(lambda db: db.declare(names.SQLITE_REPLIES, names.DEFAULT_RESULTS))
         return self
@@ -102,21 +109,22 @@ class SqliteTransport(FleetDelegate):
         """Stop ``sub`` and release every lease it holds at once."""
         await sub.stop()
         owner = sub.id
-        await self.call(lambda db: db.release(owner))
-        await self.call(lambda db: db.unregister(owner))
+        await self.call(lambda db: db.release(owner), durable=False)
+        await self.call(lambda db: db.unregister(owner), durable=False)
 
     # -- the database thread (what a subscription needs: brokers.sqlite.subscription) -------
 
-    async def call(self, op: Callable[[SqliteQueue], T]) -> T:
-        """Run ``op`` on the database thread; raises :class:`TransportClosed` unless open."""
+    async def call(self, op: Callable[[SqliteQueue], T], *, durable: bool = True) -> T:
+        """Run ``op`` on the database thread; raises :class:`TransportClosed` unless open.
+        ``durable=False`` for what only settles or leases (no fsync of its own:
+        :mod:`brokers.sqlite.committer`)."""
         db, executor = self._open()
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(executor, op, db)
+        return await asyncio.wrap_future(executor.submit_op(op, db, durable=durable))
 
     def call_soon(self, op: Callable[[SqliteQueue], object]) -> None:
-        """Queue ``op`` on the database thread without waiting for it; nothing unless open."""
+        """Queue a settle ``op`` on the database thread without waiting; nothing unless open."""
         if self._db is not None and self._executor is not None:
-            self._executor.submit(op, self._db)
+            self._executor.submit_op(op, self._db, durable=False)
 
     def attach(self, subscription: AnySubscription) -> None:
         self._subs[subscription.id] = subscription
