@@ -1,11 +1,11 @@
 """The async iterator behind the SQLite transport's ``consume`` and ``replies``.
 
-SQLite has no cross-process notification, so a subscription polls: it claims (leases) up to
-``prefetch - unsettled`` deliveries at a time, sleeping 5 ms right after work and doubling up to
-the ``poll`` setting while idle. A heartbeat every ``lease / 3`` seconds extends its leases, so
-long tasks keep them while the process lives (:mod:`brokers.sqlite.heartbeat`). A consumer
-that dies without closing is found by the others within about a second
-(:func:`brokers.sqlite.registry.reap`: its process is gone) and its leases are released then;
+A subscription claims (leases) up to ``prefetch - unsettled`` deliveries at a time; idle, it
+claims again once another connection committed (``PRAGMA data_version``, looked at every
+``watch`` seconds: :mod:`brokers.sqlite.watch`) or after 5 ms doubling up to ``poll``. A heartbeat
+every ``lease / 3`` seconds extends its leases while the process lives
+(:mod:`brokers.sqlite.heartbeat`). A consumer that dies without closing is found by the others
+within about a second (:func:`brokers.sqlite.registry.reap`) and its leases are released then;
 failing that, they expire ``lease`` seconds after its last beat.
 
 Faults never end a subscription: a database that stays locked (or a full disk) puts it in the
@@ -31,6 +31,7 @@ from brokers.sqlite.delivery import SqliteDelivery
 from brokers.sqlite.heartbeat import Heartbeat
 from brokers.sqlite.settings import SqliteSettings
 from brokers.sqlite.transactions import Claimed
+from brokers.sqlite.watch import ChangeWatch, until_changed
 from pixfleet.envelope import Result, Task
 from pixfleet.errors import BrokerError, BrokerUnavailable, PixfleetError
 
@@ -56,6 +57,9 @@ class _Host(Protocol):
     def call_soon(self, op: Callable[[SqliteQueue], object]) -> None:
         """Run ``op`` on the database thread without waiting; nothing once closed."""
         ...
+
+    @property
+    def watch(self) -> ChangeWatch | None: ...
 
     def attach(self, subscription: AnySubscription) -> None:
         """Track a started subscription, to stop it and release its leases on close."""
@@ -96,6 +100,7 @@ class SqliteSubscription(Generic[M]):
         self._changed = asyncio.Event()
         self._closed = False
         self._idle = _MIN_IDLE
+        self._seen: tuple[int, int] | None = None  # the watch's version before the last claim
         self._outage = Outage(f"sqlite consumer {self.id} of {topic}/{group}")
         # Runs until the iterator is closed and every delivery it yielded is settled.
         self._heart = Heartbeat(host, self.id, topic, group, self._outage)
@@ -127,8 +132,8 @@ class SqliteSubscription(Generic[M]):
             if self._until_empty and not await self._has_backlog():
                 await self.aclose()
                 raise StopAsyncIteration
-            await asyncio.sleep(self._idle)
-            self._idle = min(self._idle * 2, self._host.settings.poll)
+            idle, self._idle = self._idle, min(self._idle * 2, self._host.settings.poll)
+            await until_changed(self._host.watch, self._seen, idle)  # or sooner: a commit
 
     async def aclose(self) -> None:
         """Stop claiming; give back claimed-but-unyielded deliveries. Idempotent."""
@@ -225,6 +230,7 @@ class SqliteSubscription(Generic[M]):
 
     async def _claim(self) -> list[Claimed]:
         await self._heart.reap_now_and_then()
+        self._seen = self._host.watch.version() if self._host.watch else None
         s = self._host.settings
         room = self._prefetch - len(self._held) - len(self._buffer)
         topic, group, owner = self._topic, self._group, self.id

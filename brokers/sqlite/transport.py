@@ -32,6 +32,7 @@ from brokers.sqlite.db import SqliteQueue
 from brokers.sqlite.fleet import SqliteFleet
 from brokers.sqlite.settings import SqliteSettings
 from brokers.sqlite.subscription import AnySubscription, SqliteSubscription
+from brokers.sqlite.watch import ChangeWatch
 from pixfleet.envelope import Result, Task, decode_result, decode_task, encode
 from pixfleet.errors import TransportClosed
 
@@ -55,6 +56,7 @@ class SqliteTransport(FleetDelegate):
         self._settings = settings
         self._db: SqliteQueue | None = None
         self._executor: GroupCommitExecutor | None = None
+        self._watch: ChangeWatch | None = None
         self._subs: dict[str, AnySubscription] = {}
         self._fleet = SqliteFleet(self)
 
@@ -86,6 +88,10 @@ class SqliteTransport(FleetDelegate):
                 defer_sync=True,
             ),
         )
+        if s.watch > 0:
+            self._watch = await loop.run_in_executor(
+                self._executor, partial(ChangeWatch, s.path, s.watch)
+            )
         await self.call(lambda db: db.declare(names.SQLITE_REPLIES, names.DEFAULT_RESULTS))
         return self
 
@@ -101,6 +107,9 @@ class SqliteTransport(FleetDelegate):
         self._subs.clear()
         db, executor = self._open()
         await asyncio.get_running_loop().run_in_executor(executor, db.close)  # alone, last
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
         self._db = None
         self._executor.shutdown(wait=True)
         self._executor = None
@@ -125,6 +134,11 @@ class SqliteTransport(FleetDelegate):
         """Queue a settle ``op`` on the database thread without waiting; nothing unless open."""
         if self._db is not None and self._executor is not None:
             self._executor.submit_op(op, self._db, durable=False)
+
+    @property
+    def watch(self) -> ChangeWatch | None:
+        """What tells idle subscriptions that the database changed, unless ``watch=0``."""
+        return self._watch
 
     def attach(self, subscription: AnySubscription) -> None:
         self._subs[subscription.id] = subscription
