@@ -103,12 +103,15 @@ async def test_an_idle_subscription_outlives_a_write_lock_longer_than_busy_timeo
 ) -> None:
     path = tmp_path / "b.db"
     group = unique()
+    task = make_task(group)
     async with open_transport(f"sqlite:///{path}?busy_timeout=0.2&poll=0.05") as transport:
+        await transport.publish(task)
+        _lease_to_a_ghost(path, group, seconds=0.8)  # claimable once the lock below is held
         sub = transport.consume(group, prefetch=1)
         assert isinstance(sub, SqliteSubscription)
         async with aclosing(sub) as it:
             waiter = asyncio.ensure_future(anext(it))
-            await asyncio.sleep(0.3)  # subscribed, polling an empty group
+            await asyncio.sleep(0.3)  # subscribed, polling: nothing claimable yet
             locker = sqlite3.connect(path, isolation_level=None)
             locker.execute("BEGIN EXCLUSIVE")
             try:
@@ -118,13 +121,23 @@ async def test_an_idle_subscription_outlives_a_write_lock_longer_than_busy_timeo
             finally:
                 locker.execute("ROLLBACK")
                 locker.close()
-            task = make_task(group)
-            await transport.publish(task)
             async with asyncio.timeout(WAIT):
                 got = await waiter
             assert got.message.id == task.id
             assert state_of(sub) == "consuming"
             await got.ack()
+
+
+def _lease_to_a_ghost(path: Path, group: str, *, seconds: float) -> None:
+    """Lease the group's deliveries to a consumer that never existed, for ``seconds`` more: a
+    claim that finds nothing claimable only reads, so the lock must meet one that needs it."""
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute(
+        "UPDATE deliveries SET state = 'leased', lease_owner = 'ghost', lease_expires ="
+        " (julianday('now') - 2440587.5) * 86400.0 + ? WHERE grp = ?",
+        (seconds, group),
+    )
+    db.close()
 
 
 def state_of(sub: SqliteSubscription[Any]) -> str:

@@ -19,56 +19,14 @@ from typing import Any, TypeVar
 import brokers.sqlite.registry as consumers_tx
 import brokers.sqlite.transactions as tx
 import brokers.sqlite.views as views_tx
+from brokers.sqlite.failures import open_error, translate
 from brokers.sqlite.schema import create_schema
 from brokers.sqlite.transactions import Claimed
-from pixfleet.errors import BrokerError, BrokerUnavailable
+from pixfleet.errors import BrokerUnavailable
 from pixfleet.private import touch_private
 from pixfleet.storage import broker_storage_error
 
 T = TypeVar("T")
-
-#: Primary result codes that go away by themselves (a lock held by another process, a full or
-#: failing disk, a file being replaced): ``broker.unavailable``, which consumers wait out.
-_TRANSIENT = {
-    sqlite3.SQLITE_BUSY,
-    sqlite3.SQLITE_LOCKED,
-    sqlite3.SQLITE_IOERR,
-    sqlite3.SQLITE_FULL,
-    sqlite3.SQLITE_CANTOPEN,
-    sqlite3.SQLITE_PROTOCOL,
-}
-
-
-def translate(path: Path, exc: sqlite3.Error) -> BrokerError:
-    """A sqlite3 error as a broker error: ``storage.full`` / ``storage.read_only`` for a full
-    or read-only file system (:mod:`pixfleet.storage`: still a :class:`BrokerUnavailable`),
-    :class:`BrokerUnavailable` for the other transient kinds (locked longer than
-    ``busy_timeout``, a failing disk), :class:`BrokerError` else."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    primary = None if code is None else code & 0xFF
-    text = str(exc)
-    if primary == sqlite3.SQLITE_FULL or "database or disk is full" in text:
-        return broker_storage_error(path, True, text)
-    if primary == sqlite3.SQLITE_READONLY or "readonly database" in text:
-        return broker_storage_error(path, False, text)
-    if primary in _TRANSIENT:
-        return BrokerUnavailable(f"sqlite database {path} unavailable: {exc}")
-    return BrokerError(f"sqlite error on {path}: {exc}")
-
-
-def _open_error(path: Path, message: str) -> BrokerUnavailable:
-    """Why ``path`` cannot be opened: its directory's file system is read-only or full
-    (``storage.*``), or the database is unavailable."""
-    try:
-        stats = os.statvfs(path.parent)
-    except OSError:
-        return BrokerUnavailable(f"cannot open sqlite database {path}: {message}")
-    if stats.f_flag & os.ST_RDONLY:
-        return broker_storage_error(path, False, message)
-    if stats.f_bavail == 0:
-        return broker_storage_error(path, True, message)
-    return BrokerUnavailable(f"cannot open sqlite database {path}: {message}")
-
 
 _fdatasync = getattr(os, "fdatasync", os.fsync)  # what SQLite itself uses where it exists
 
@@ -106,7 +64,7 @@ class SqliteQueue:
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._db.execute("PRAGMA foreign_keys=ON")
         except sqlite3.Error as exc:
-            raise _open_error(path, str(exc)) from exc
+            raise open_error(path, str(exc)) from exc
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
                 raise broker_storage_error(path, exc.errno != errno.EROFS, str(exc)) from exc
@@ -185,6 +143,13 @@ class SqliteQueue:
             return [(False, translate(self.path, exc))] * len(ops)
         return outcomes
 
+    def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` outside any write transaction (reads only: it takes no write lock)."""
+        try:
+            return fn(self._db)
+        except sqlite3.Error as exc:
+            raise translate(self.path, exc) from exc
+
     def transact(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` in one write transaction: committed if it returns, rolled back if it raises.
 
@@ -228,7 +193,11 @@ class SqliteQueue:
     def claim(
         self, topic: str, group: str, owner: str, *, limit: int, lease: float, delivery_limit: int
     ) -> list[Claimed]:
-        """Lease up to ``limit`` claimable deliveries (ready and due, or with an expired lease)."""
+        """Lease up to ``limit`` claimable deliveries (ready and due, or with an expired lease).
+        Alone, it first looks by a read (no write lock): an idle consumer woken by someone
+        else's commit takes the lock only if there is something for it."""
+        if not self._batching and not self.read(lambda db: tx.claimable(db, topic, group)):
+            return []
         return self.transact(
             lambda db: tx.claim(
                 db, topic, group, owner, limit=limit, lease=lease, delivery_limit=delivery_limit

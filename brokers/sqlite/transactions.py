@@ -177,6 +177,18 @@ def claim(
     return claimed
 
 
+def claimable(db: sqlite3.Connection, topic: str, group: str) -> bool:
+    """Is a delivery ready and due, or leased with an expired lease? (What :func:`claim` takes.)"""
+    now = db_now(db)
+    row = db.execute(
+        "SELECT 1 FROM deliveries WHERE topic = ? AND grp = ? AND ("
+        "   (state = 'ready' AND available_at <= ?) OR (state = 'leased' AND lease_expires <= ?))"
+        " LIMIT 1",
+        (topic, group, now, now),
+    ).fetchone()
+    return row is not None
+
+
 def has_backlog(db: sqlite3.Connection, topic: str, group: str) -> bool:
     """Anything ready (due or delayed) or leased with an expired lease?"""
     row = db.execute(
