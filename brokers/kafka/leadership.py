@@ -11,6 +11,8 @@ or never). Reproduced with raw aiokafka, without pixfleet: see ``docs/reliabilit
 The leader therefore leaves *without* a LeaveGroup: the broker drops it when its session times
 out (``session_timeout``), and that path elects a new leader on every broker, tansu included.
 Only the leader pays: its partitions move on after the session timeout instead of at once.
+That holds on every way aiokafka leaves (the consumer's stop, an unsubscribe, a member idle
+past ``max.poll.interval``): :func:`guard` wraps the one call they share.
 Every other member leaves at once, as before; a killed member never sent one anyway.
 
 aiokafka does not say which member leads; the assignor does, since only the leader assigns:
@@ -79,16 +81,23 @@ class Leadership:
         return Watched
 
 
-async def leave(consumer: AIOKafkaConsumer, leadership: Leadership, group_id: str) -> None:
-    """Stop ``consumer``: a LeaveGroup from a member, but none from the leader (see the module)."""
+def guard(consumer: AIOKafkaConsumer, leadership: Leadership, group_id: str) -> None:
+    """From now on (``consumer`` started), a LeaveGroup of ``consumer`` - at its stop, at an
+    unsubscribe, or when aiokafka finds it idle past ``max.poll.interval`` - goes out from a
+    member, but not from the leader (see the module)."""
     coordinator: GroupCoordinator | None = getattr(consumer, "_coordinator", None)
-    if leadership.leads and coordinator is not None:
-        log.info("%s: this member leads the group: it stops without LeaveGroup", group_id)
+    send = getattr(coordinator, "_maybe_leave_group", None)
+    if coordinator is None or send is None:  # not a group member: nothing to leave
+        return
 
-        # aiokafka: no public way to close without LeaveGroup. Its close() sends one from
-        # _maybe_leave_group; this one only forgets the generation, as that one does after.
-        async def no_leave_group() -> None:
-            coordinator.reset_generation()
+    # aiokafka: no public way to leave without LeaveGroup. Every path goes through
+    # _maybe_leave_group; from the leader this one only forgets the generation, as that one
+    # does after its request.
+    async def maybe_leave_group() -> None:
+        if not leadership.leads:
+            await send()
+            return
+        log.info("%s: this member leads the group: it leaves without LeaveGroup", group_id)
+        coordinator.reset_generation()
 
-        coordinator._maybe_leave_group = no_leave_group
-    await consumer.stop()
+    coordinator._maybe_leave_group = maybe_leave_group

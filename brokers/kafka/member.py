@@ -24,7 +24,7 @@ from brokers.kafka.commits import PartitionCommits, RebalanceListener
 from brokers.kafka.failures import translate
 from brokers.kafka.gaps import GapGuard
 from brokers.kafka.inflight import InflightLog, LogHost
-from brokers.kafka.leadership import Leadership, leave
+from brokers.kafka.leadership import Leadership, guard
 from brokers.kafka.records import Record
 
 log = logging.getLogger(__name__)
@@ -134,6 +134,7 @@ class GroupMember:
             self.commits.detach()
             await consumer.stop()
             raise self._fail(exc, "join") from exc
+        guard(consumer, self.leadership, self.group_id)  # no LeaveGroup from the leader
         self._started_at = time.monotonic()
         for tp, start in _starts(consumer, positions).items():
             consumer.seek(tp, start)
@@ -150,7 +151,7 @@ class GroupMember:
         self.stopped = True
         self.commits.detach()
         try:  # leaves the group: partitions move on at once (the leader's: see leadership)
-            await leave(self._consumer, self.leadership, self.group_id)
+            await self._consumer.stop()
         except KafkaError as exc:
             log.debug("stopping consumer of %s: %s", self.group_id, exc)
         self._consumer = None
