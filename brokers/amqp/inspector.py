@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import aiormq
-from aio_pika.abc import AbstractChannel
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from brokers import names
 from brokers.amqp.settings import AmqpSettings
@@ -21,6 +21,9 @@ from brokers.deadletters import dead_letter
 
 #: Seconds a peek or replay waits for RabbitMQ to take back the messages it left unacked.
 SETTLE_TIMEOUT = 2.0
+
+#: Seconds a peek waits for the next streamed message before it asks whether any is left.
+PEEK_IDLE = 0.1
 
 #: A peeked message: body, headers, message id, timestamp property.
 _Peeked = tuple[bytes, dict[str, Any], str | None, datetime | None]
@@ -99,19 +102,19 @@ class AmqpInspector:
         ]
 
     async def _peek(self, queue: str, *, limit: int) -> list[_Peeked]:
-        """Read up to ``limit`` messages without removing them: get them unacked on a
-        private channel, then close it so RabbitMQ puts them back (:meth:`settle`)."""
+        """Read up to ``limit`` messages without removing them: take them unacked on a
+        private channel, then close it so RabbitMQ puts them back (:meth:`settle`). They are
+        streamed to a consumer with that prefetch (one round trip, not a ``basic.get`` each):
+        reading stops once as many arrived as the queue held, or none is left."""
         channel = await self._opener.open_channel()
         out: list[_Peeked] = []
         try:
             declared = await channel.declare_queue(queue, passive=True)
             before = int(declared.declaration_result.message_count or 0)
-            while len(out) < limit:
-                message = await declared.get(no_ack=False, fail=False, timeout=self._timeout)
-                if message is None:
-                    break
-                headers = dict(message.headers or {})
-                out.append((message.body, headers, message.message_id, message.timestamp))
+            want = min(before, limit)
+            if want:
+                await channel.set_qos(prefetch_count=min(want, 65535))
+                await self._stream(declared, want, out)
         except aiormq.exceptions.ChannelNotFoundEntity:
             return []
         finally:
@@ -119,6 +122,36 @@ class AmqpInspector:
                 await channel.close()
         await self.settle(queue, before)
         return out
+
+    async def _stream(self, queue: AbstractQueue, want: int, out: list[_Peeked]) -> None:
+        """Consume up to ``want`` messages into ``out``. When none arrives for
+        :data:`PEEK_IDLE` seconds, a ``basic.get`` asks whether any is left (another peek may
+        hold some): an empty answer ends the read, as the ``basic.get`` loop this replaces
+        did."""
+        arrived = asyncio.Event()
+
+        def keep(message: AbstractIncomingMessage) -> None:
+            if len(out) < want:
+                headers = dict(message.headers or {})
+                out.append((message.body, headers, message.message_id, message.timestamp))
+            arrived.set()
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            keep(message)
+
+        await queue.consume(on_message, no_ack=False)
+        async with asyncio.timeout(self._timeout):
+            while len(out) < want:
+                arrived.clear()
+                try:
+                    async with asyncio.timeout(PEEK_IDLE):
+                        await arrived.wait()
+                except TimeoutError:
+                    left = await queue.get(no_ack=False, fail=False, timeout=self._timeout)
+                    await asyncio.sleep(0)  # deliveries read before the answer are kept first
+                    if left is None:
+                        return
+                    keep(left)
 
     async def settle(self, queue: str, expected: int) -> None:
         """Wait (at most :data:`SETTLE_TIMEOUT` s) until ``queue`` holds ``expected`` ready
