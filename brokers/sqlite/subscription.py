@@ -133,7 +133,8 @@ class SqliteSubscription(Generic[M]):
                 await self.aclose()
                 raise StopAsyncIteration
             idle, self._idle = self._idle, min(self._idle * 2, self._host.settings.poll)
-            await until_changed(self._host.watch, self._seen, idle)  # or sooner: a commit
+            busy = bool(self._held) or idle == _MIN_IDLE  # at work, or it just claimed some
+            await until_changed(self._host.watch, self._seen, idle, busy=busy)
 
     async def aclose(self) -> None:
         """Stop claiming; give back claimed-but-unyielded deliveries. Idempotent."""

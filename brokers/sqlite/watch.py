@@ -20,6 +20,10 @@ from pathlib import Path
 SLOWEST = 8
 
 
+#: Seconds between two looks of a consumer that holds deliveries (as the plain poll's first sleep).
+BUSY = 0.005
+
+
 class ChangeWatch:
     """The database's ``data_version``, read at most every ``tick / 2`` seconds.
 
@@ -58,15 +62,19 @@ class ChangeWatch:
 
 
 async def until_changed(
-    watch: ChangeWatch | None, seen: tuple[int, int] | None, seconds: float
+    watch: ChangeWatch | None, seen: tuple[int, int] | None, seconds: float, *, busy: bool
 ) -> None:
     """Sleep ``seconds``, or only until the database's version differs from ``seen``, looking
     every ``tick`` for a short sleep and up to :data:`SLOWEST` ticks for the longest ones
-    (``seconds`` grows while a consumer stays idle): an idle consumer costs little CPU."""
+    (``seconds`` grows while a consumer stays idle): an idle consumer costs little CPU. A
+    ``busy`` one (holding deliveries, or its last claim got some: a stream) looks every
+    :data:`BUSY` seconds at most - each look is a wake of the event loop its tasks need, and
+    waiting a little lets the next claim take more at once."""
     if watch is None:
         await asyncio.sleep(seconds)
         return
     every = min(max(watch.tick, seconds / 32), SLOWEST * watch.tick)
+    every = max(every, BUSY) if busy else every
     loop = asyncio.get_running_loop()
     until = loop.time() + seconds
     while (left := until - loop.time()) > 0:
