@@ -133,7 +133,7 @@ class SqliteSubscription(Generic[M]):
                 await self.aclose()
                 raise StopAsyncIteration
             idle, self._idle = self._idle, min(self._idle * 2, self._host.settings.poll)
-            busy = bool(self._held) or idle == _MIN_IDLE  # at work, or it just claimed some
+            busy = bool(self._held)  # its process is at work: look less often
             await until_changed(self._host.watch, self._seen, idle, busy=busy)
 
     async def aclose(self) -> None:

@@ -67,9 +67,9 @@ async def until_changed(
     """Sleep ``seconds``, or only until the database's version differs from ``seen``, looking
     every ``tick`` for a short sleep and up to :data:`SLOWEST` ticks for the longest ones
     (``seconds`` grows while a consumer stays idle): an idle consumer costs little CPU. A
-    ``busy`` one (holding deliveries, or its last claim got some: a stream) looks every
-    :data:`BUSY` seconds at most - each look is a wake of the event loop its tasks need, and
-    waiting a little lets the next claim take more at once."""
+    ``busy`` one (holding deliveries: its process is at work) looks every :data:`BUSY` seconds
+    at most - each look is a wake of the event loop its tasks need, and waiting a little lets
+    the next claim take more at once."""
     if watch is None:
         await asyncio.sleep(seconds)
         return
