@@ -104,3 +104,16 @@ async def test_revoke_and_leaving_commit_what_is_done_at_once(
     await member.stop()
     assert consumer.commits == [{A: 2}, {B: 2}]
     assert member.commits._timer is None  # nothing left to fire after leaving
+
+
+async def test_a_record_whose_copy_was_published_commits_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A retry copy or dead letter is a side effect: a redelivery after a crash inside the
+    coalescing interval would publish it again (the poison row's duplicate dead letters)."""
+    monkeypatch.setattr(commits, "COMMIT_WITHIN", 60.0)
+    member, consumer = joined({A: range(3)})
+    await member.done(A, 0)  # an ack: coalesced
+    assert consumer.commits == []
+    await member.done(A, 1, at_once=True)  # a nack whose copy is out
+    assert consumer.commits == [{A: 2}]

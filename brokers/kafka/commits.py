@@ -13,7 +13,8 @@ dict of its transport instead. :class:`RebalanceListener` forwards aiokafka's re
 **Coalesced** (:meth:`PartitionCommits.settled`): a settled record does not commit by itself -
 that was one commit round trip per task. The member commits once :data:`COMMIT_EVERY` records
 settled since its last commit, or :data:`COMMIT_WITHIN` seconds after the first of them, and
-always at once when partitions are revoked and when it leaves the group (:meth:`commit`). What
+always at once when partitions are revoked, when it leaves the group, and after a record whose
+retry copy or dead letter was published (a redelivery would publish it again; :meth:`commit`). What
 is committed is still the tracker's safe offset - the lowest unfinished one - so a crash
 commits nothing past a record in flight; it only redelivers up to the records settled since the
 last commit (answered from their completion records, not run again).

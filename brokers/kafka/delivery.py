@@ -1,11 +1,12 @@
 """One delivered Kafka record and the means to settle it.
 
 Settling never commits by itself: the subscription marks the record done in its offset
-tracker and commits up to the lowest unfinished offset of the partition - coalesced, soon after
-(:class:`~brokers.kafka.commits.PartitionCommits`). A nack counts only
-once its retry copy or dead letter is confirmed: if that publish fails, the record is given back
-to its subscription - its offset stays unfinished, so nothing is committed past it - which
-hands it out again after a backoff, and the error propagates.
+tracker and commits up to the lowest unfinished offset of the partition - after an ack
+coalesced, soon after (:class:`~brokers.kafka.commits.PartitionCommits`); after a nack at once:
+its retry copy or dead letter must not be made again by a redelivery after a crash. A nack
+counts only once its retry copy or dead letter is confirmed: if that publish fails, the record
+is given back to its subscription - its offset stays unfinished, so nothing is committed past
+it - which hands it out again after a backoff, and the error propagates.
 """
 
 from __future__ import annotations
@@ -39,9 +40,9 @@ class Settler(Protocol):
         """Dead-letter ``record``."""
         ...
 
-    async def finish(self, tp: TopicPartition, offset: int) -> None:
-        """The record is done: commit as far as is safe. Never raises for a failed commit
-        (the next one covers it)."""
+    async def finish(self, tp: TopicPartition, offset: int, *, at_once: bool = False) -> None:
+        """The record is done: commit as far as is safe - coalesced, or ``at_once`` (its copy
+        was published). Never raises for a failed commit (the next one covers it)."""
         ...
 
     def give_back(self, tp: TopicPartition, record: Record, delay: float) -> None:
@@ -94,4 +95,4 @@ class KafkaDelivery(Generic[M]):
             raise
         self._settled = True
         if copied:
-            await settler.finish(self._tp, record.offset)
+            await settler.finish(self._tp, record.offset, at_once=True)

@@ -201,14 +201,16 @@ class GroupMember:
             raise self._fail(exc, "read end offsets") from exc
         return all(pos >= ends[tp] for tp, pos in zip(assigned, positions, strict=True))
 
-    async def done(self, tp: TopicPartition, offset: int) -> None:
+    async def done(self, tp: TopicPartition, offset: int, *, at_once: bool = False) -> None:
         """Record ``offset`` finished (and no longer in flight) and commit as far as is safe,
-        coalesced (not during a revocation: that commits once, at its end)."""
+        coalesced unless ``at_once`` - a record whose retry copy or dead letter was published:
+        a redelivery after a crash would publish it again (not during a revocation: that
+        commits once, at its end)."""
         self.commits.tracker.done(tp, offset)
         if self.inflight is not None:
             self.inflight.settled(tp, offset)
         if not self._revoking:
-            await self.commits.settled()
+            await (self.commits.commit() if at_once else self.commits.settled())
 
     # -- rebalancing (the Rebalanced of brokers.kafka.commits) ------------------------------
 

@@ -185,7 +185,7 @@ class KafkaSubscription(Generic[M]):
         await self._outage.retry(lambda: self.reject(entry.record, reason), _UNCONFIRMED)
         if entry in self._buffer:
             self._buffer.remove(entry)
-        await self._member.done(tp, offset)
+        await self._member.done(tp, offset, at_once=True)  # the dead letter is out
 
     async def _fetch(self, room: int) -> bool:
         batch = await self._member.fetch(room)
@@ -229,10 +229,10 @@ class KafkaSubscription(Generic[M]):
     async def reject(self, record: Record, reason: str) -> None:
         await self.host.dead_letter(self.dead_topic, record, reason)
 
-    async def finish(self, tp: TopicPartition, offset: int) -> None:
-        """A yielded record is done: commit as far as is safe."""
+    async def finish(self, tp: TopicPartition, offset: int, *, at_once: bool = False) -> None:
+        """A yielded record is done: commit as far as is safe (``at_once``: not coalesced)."""
         self._yielded.discard((tp, offset))
-        await self._member.done(tp, offset)
+        await self._member.done(tp, offset, at_once=at_once)
         self._changed.set()
         if self._closed and not self._yielded:
             await self._stop()
