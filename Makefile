@@ -68,7 +68,7 @@ clean:
 COMPOSE ?= docker compose -f docker/compose.yaml
 
 compose-up:
-	$(if $(filter kafka,$(BROKER)),COMPOSE_PROFILES=kafka PIXFLEET_COMPOSE_BROKER=kafka://kafka:9092) \
+	$(if $(filter kafka,$(BROKER)),COMPOSE_PROFILES=kafka PIXFLEET_COMPOSE_BROKER=kafka://kafka:9092?leader_leave=true) \
 	$(COMPOSE) up --build --detach --wait --wait-timeout 300
 
 compose-down:

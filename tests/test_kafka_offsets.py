@@ -77,6 +77,8 @@ def test_kafka_urls() -> None:
     assert (s.bootstrap, s.idempotence, s.partitions) == ("a:9092,b:9092", False, 3)
     assert s.name("pixfleet.tasks") == "t1.pixfleet.tasks"
     assert KafkaSettings.from_url("kafka://a:9092").idempotence is True
+    assert KafkaSettings.from_url("kafka://a:9092").leader_leave is False
+    assert KafkaSettings.from_url("kafka://a:9092?leader_leave=true").leader_leave is True
     for bad in (
         "kafka://u:p@a:9092",
         "kafka://a:9092?acks=1",

@@ -14,6 +14,8 @@ Only the leader pays: its partitions move on after the session timeout instead o
 That holds on every way aiokafka leaves (the consumer's stop, an unsubscribe, a member idle
 past ``max.poll.interval``): :func:`guard` wraps the one call they share.
 Every other member leaves at once, as before; a killed member never sent one anyway.
+``kafka://...?leader_leave=true`` (for Apache Kafka, which elects a new leader after a
+LeaveGroup) skips :func:`guard`: the leader's partitions then move on at once.
 
 aiokafka does not say which member leads; the assignor does, since only the leader assigns:
 :meth:`Leadership.assignor` is aiokafka's round-robin assignor that reports each call.

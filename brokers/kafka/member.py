@@ -134,7 +134,8 @@ class GroupMember:
             self.commits.detach()
             await consumer.stop()
             raise self._fail(exc, "join") from exc
-        guard(consumer, self.leadership, self.group_id)  # no LeaveGroup from the leader
+        if not self._host.settings.leader_leave:
+            guard(consumer, self.leadership, self.group_id)  # no LeaveGroup from the leader
         self._started_at = time.monotonic()
         for tp, start in _starts(consumer, positions).items():
             consumer.seek(tp, start)

@@ -16,6 +16,10 @@ Options (all optional; unknown ones are refused):
     security_protocol=     PLAINTEXT (default), SSL, SASL_PLAINTEXT or SASL_SSL
     sasl_mechanism=        PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512
     cafile=                CA bundle for SSL
+    leader_leave=false     whether the group's leader sends LeaveGroup when it stops: off, it
+                           lets its session time out (tansu 0.6 strands a group whose leader
+                           left mid-rebalance; brokers/kafka/leadership.py); true on Apache
+                           Kafka hands the leader's partitions on at once
 
 SASL credentials come from ``$PIXFLEET_KAFKA_USER`` / ``$PIXFLEET_KAFKA_PASSWORD`` (never from the
 URL, never logged). SASL PLAIN without TLS logs one warning line (the password travels in clear).
@@ -56,6 +60,7 @@ _OPTIONS = (
     "security_protocol",
     "sasl_mechanism",
     "cafile",
+    "leader_leave",
 )
 _NAMESPACE = re.compile(r"[A-Za-z0-9._-]*")
 
@@ -74,6 +79,7 @@ class KafkaSettings:
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str = ""
     cafile: str = ""
+    leader_leave: bool = False
 
     @property
     def safe_url(self) -> str:
@@ -143,6 +149,7 @@ class KafkaSettings:
             security_protocol=opts.text("security_protocol", cls.security_protocol).upper(),
             sasl_mechanism=opts.text("sasl_mechanism").upper(),
             cafile=opts.text("cafile"),
+            leader_leave=opts.flag("leader_leave", cls.leader_leave),
         )
         settings.warn_if_insecure()
         return settings
