@@ -293,4 +293,4 @@ async def test_rabbitmq_node_restarts_a_disk_alarm_and_networks_that_fail(
     # From the command's start (a new interpreter, its imports, the upload, the publish's
     # grace) to its error line; it exits once the blocked connection is dropped.
     assert 0 <= alarm.uploader_error_after < 5.0, alarm
-    assert alarm.uploader_exited_after < 5.0, alarm  # the blocked connection is dropped
+    assert alarm.uploader_exited_after < 8.0, alarm
