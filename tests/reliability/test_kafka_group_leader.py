@@ -22,7 +22,7 @@ from contextlib import AsyncExitStack, aclosing
 import pytest
 
 from brokers import open_transport
-from brokers.contract import Delivery, Subscription
+from brokers.contract import Delivery, Subscription, Transport
 from brokers.kafka.delivery import KafkaDelivery
 from brokers.kafka.subscription import KafkaSubscription
 from pixfleet.envelope import Task
@@ -31,6 +31,8 @@ from tests.harness.rabbitmq import free_port
 from tests.helpers.tasks import make_task, unique
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
+
+Waiting = asyncio.Future[KafkaDelivery[Task]]
 
 #: A heartbeats every session / 3 = 1 s; it stops 0.2 s after C's JoinGroup went out.
 SESSION = 3
@@ -47,15 +49,7 @@ async def test_a_group_goes_on_when_its_leader_stops_during_a_rebalance() -> Non
         url = f"{base.removesuffix(TANSU_MARK)}&{options}"
         group = unique("leader")
         async with open_transport(url) as transport, AsyncExitStack() as stack:
-            a = _member(transport.consume(group, prefetch=1))
-            await stack.enter_async_context(aclosing(a))
-            waits: list[asyncio.Future[KafkaDelivery[Task]]] = [asyncio.ensure_future(anext(a))]
-            async with asyncio.timeout(20):  # A joins, then B: A leads generation 1
-                await _until(lambda: _led(a, 1))
-                b = _member(transport.consume(group, prefetch=1))
-                await stack.enter_async_context(aclosing(b))
-                waits.append(asyncio.ensure_future(anext(b)))
-                await _until(lambda: _led(a, 2) and b._member.leadership.rebalances > 0)
+            a, b, waits = await _a_leads_b(transport, group, stack, within=20)
             c = _member(transport.consume(group, prefetch=1))
             await stack.enter_async_context(aclosing(c))
             waits.append(asyncio.ensure_future(anext(c)))  # C joins: the group rebalances
@@ -69,6 +63,23 @@ async def test_a_group_goes_on_when_its_leader_stops_during_a_rebalance() -> Non
                 await transport.publish(task)
             got = await _drain(waits[1:], [b, c], len(tasks))
     assert sorted(got) == sorted(t.id for t in tasks)
+
+
+async def _a_leads_b(
+    transport: Transport, group: str, stack: AsyncExitStack, *, within: float
+) -> tuple[KafkaSubscription[Task], KafkaSubscription[Task], list[Waiting]]:
+    """A joins, then B: A leads the settled group (generation 1). Both members, and a wait
+    for each one's next delivery."""
+    a = _member(transport.consume(group, prefetch=1))
+    await stack.enter_async_context(aclosing(a))
+    waits: list[Waiting] = [asyncio.ensure_future(anext(a))]
+    async with asyncio.timeout(within):
+        await _until(lambda: _led(a, 1))
+        b = _member(transport.consume(group, prefetch=1))
+        await stack.enter_async_context(aclosing(b))
+        waits.append(asyncio.ensure_future(anext(b)))
+        await _until(lambda: _led(a, 2) and b._member.leadership.rebalances > 0)
+    return a, b, waits
 
 
 async def _until(condition: Callable[[], bool]) -> None:
@@ -114,15 +125,7 @@ async def test_the_leader_sends_leave_group_only_with_leader_leave(
         url = f"{base.removesuffix(TANSU_MARK)}&{options}&leader_leave={str(leader_leave).lower()}"
         group = unique("leave")
         async with open_transport(url) as transport, AsyncExitStack() as stack:
-            a = _member(transport.consume(group, prefetch=1))
-            await stack.enter_async_context(aclosing(a))
-            wait_a = asyncio.ensure_future(anext(a))
-            async with asyncio.timeout(30):  # A joins, then B: A leads a settled group
-                await _until(lambda: _led(a, 1))
-                b = _member(transport.consume(group, prefetch=1))
-                await stack.enter_async_context(aclosing(b))
-                wait_b = asyncio.ensure_future(anext(b))
-                await _until(lambda: _led(a, 2) and b._member.leadership.rebalances > 0)
+            a, _, (wait_a, wait_b) = await _a_leads_b(transport, group, stack, within=30)
             wait_a.cancel()
             caplog.clear()
             with caplog.at_level(logging.INFO):
