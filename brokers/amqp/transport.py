@@ -117,17 +117,21 @@ class AmqpTransport(AdminDelegate, FleetDelegate):
         return await self._channels.with_channel(op)
 
     async def open_reply_channel(self) -> str:
-        """A private reply queue: classic, durable (its results survive a broker restart),
-        expiring after ``reply_ttl`` unused, named with 128 random bits. It is not exclusive:
-        an exclusive queue dies with its connection, so a waiter could not survive a reconnect;
-        the unguessable name is what keeps others out (see docs/rabbitmq.md)."""
+        """A private reply queue: quorum (its results, and the reader's acks, survive a broker
+        restart - even a ``kill -9``, at which a classic queue can forget acks and hand read
+        results back), expiring after ``reply_ttl`` unused, named with 128 random bits. It is
+        not exclusive (a quorum queue cannot be): the unguessable name is what keeps others out
+        (see docs/rabbitmq.md)."""
         channel_name = f"{names.PRIVATE_REPLY_PREFIX}{secrets.token_hex(16)}"
 
         async def op(channel: AbstractChannel) -> None:
             await channel.declare_queue(
                 names.amqp_reply_queue(channel_name),
                 durable=True,
-                arguments={"x-expires": int(self.settings.reply_ttl * 1000)},
+                arguments={
+                    "x-queue-type": "quorum",
+                    "x-expires": int(self.settings.reply_ttl * 1000),
+                },
             )
 
         await self._channels.with_channel(op)
@@ -137,7 +141,7 @@ class AmqpTransport(AdminDelegate, FleetDelegate):
         if channel == names.DEFAULT_RESULTS:
             raise ValueError("the default results channel cannot be closed")
 
-        async def op(ch: AbstractChannel) -> None:
+        async def op(ch: AbstractChannel) -> None:  # no if-unused/if-empty: quorum refuses them
             await ch.queue_delete(names.amqp_reply_queue(channel))
 
         await self._channels.with_channel(op)

@@ -14,9 +14,13 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import aio_pika
+import aiormq
 import pytest
 
+from brokers import names
 from brokers.amqp import AmqpTransport
 from brokers.amqp.subscription import AmqpSubscription, SubscriptionState
 from pixfleet.envelope import Task
@@ -133,6 +137,33 @@ async def test_a_private_reply_queue_and_its_waiter_survive_a_broker_restart(
             await delivery.ack()
         await replies.aclose()
         await transport.close_reply_channel(channel)
+
+
+async def test_a_private_reply_queue_is_quorum_and_expires(url: str) -> None:
+    """Quorum (a ``kill -9`` cannot lose its reader's acks: docs/rabbitmq.md), and ``x-expires``
+    still deletes it once unused (``reply_ttl=1``; RabbitMQ takes ~5 s)."""
+    async with AmqpTransport.from_url(f"{url}&reply_ttl=1") as transport:
+        queue = names.amqp_reply_queue(await transport.open_reply_channel())
+    connection = await aio_pika.connect(url.partition("?")[0])
+    try:
+        channel = await connection.channel()  # the same arguments: a classic queue refuses them
+        arguments: dict[str, Any] = {"x-queue-type": "quorum", "x-expires": 1000}
+        await channel.declare_queue(queue, durable=True, arguments=arguments)
+        async with asyncio.timeout(20):
+            while await _exists(connection, queue):
+                await asyncio.sleep(0.25)
+    finally:
+        await connection.close()
+
+
+async def _exists(connection: aio_pika.abc.AbstractConnection, queue: str) -> bool:
+    channel = await connection.channel()
+    try:
+        await channel.declare_queue(queue, passive=True)
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        return False
+    await channel.close()
+    return True
 
 
 async def test_a_disk_alarm_fails_publishes_fast_and_leaves_acks_flowing(

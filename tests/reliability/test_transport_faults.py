@@ -223,7 +223,9 @@ def _restarts_bound(row: Driven) -> int:
     publishes on the wire <= WORKERS (a live channel holds one delivery: prefetch 1) plus the
     replies still retrying from earlier restarts (<= WORKERS x (f - 1): their delivery is
     gone, each can still be cut once more), plus WORKERS redeliveries, plus the reader's one
-    unacked result (prefetch 1): sum over f of 2 x WORKERS + 1 + WORKERS x (f - 1). (A task
+    unacked result (prefetch 1; its private reply queue is a quorum queue, which keeps acks
+    through a ``kill -9`` - a classic one once handed 261 read results back):
+    sum over f of 2 x WORKERS + 1 + WORKERS x (f - 1). (A task
     published twice - its publish cut by a restart - is not counted: measured, the 1,000
     publishes were confirmed 1.2 s in, at 5 % answered; the first restart waits for 20 %.)"""
     faults = row.report.faults
