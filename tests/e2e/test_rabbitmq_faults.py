@@ -190,6 +190,7 @@ async def test_a_disk_alarm_fails_publishes_fast_and_leaves_acks_flowing(
                 third = await anext(sub)
             assert (third.message.id, third.attempt) == (second.message.id, 2)
             await third.ack()
+            closed_after = await _close_blocked(url, group)
             cli_after, cli_error = await asyncio.to_thread(uploader_during_alarm, url, tmp_path)
         finally:
             await asyncio.to_thread(node.disk_alarm, False)
@@ -198,7 +199,20 @@ async def test_a_disk_alarm_fails_publishes_fast_and_leaves_acks_flowing(
         assert blocked_after < 5.0
         assert cli_error.startswith("error[broker.blocked]: "), cli_error
         assert cli_after < 8.0  # 5 s for the publish, the rest is the interpreter starting
+        # A blocked connection is dropped, not closed by a handshake RabbitMQ would never read
+        # (that waited out CLOSE_TIMEOUT, 2 s, before the uploader could exit).
+        assert closed_after < 1.0, f"closing a blocked transport took {closed_after:.2f} s"
         await transport.publish(make_task(group))  # publishing works again
+
+
+async def _close_blocked(url: str, group: str) -> float:
+    """Seconds to close a transport whose publish RabbitMQ blocked."""
+    transport = await AmqpTransport.from_url(url).__aenter__()
+    with pytest.raises(BrokerBlocked):
+        await transport.publish(make_task(group))
+    started = time.monotonic()
+    await transport.close()
+    return time.monotonic() - started
 
 
 def uploader_during_alarm(url: str, tmp_path: Path) -> tuple[float, str]:
