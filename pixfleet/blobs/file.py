@@ -11,7 +11,6 @@ a reader never sees half a blob and a failed write leaves no ``.tmp`` file behin
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import hashlib
 import os
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import BinaryIO, TypeVar
 from urllib.parse import unquote, urlsplit
 
+from pixfleet.blobs import threads
 from pixfleet.blobs.fileread import read_regular, read_verified
 from pixfleet.blobs.keys import check_key, upload_key
 from pixfleet.blobs.protocol import BlobInfo, StoredBlob
@@ -253,8 +253,7 @@ async def _io(fn: Callable[..., T], *args: object) -> T:
     """Run a blocking file operation in a thread; OS errors become :class:`BlobUnavailable`
     (``FileExistsError`` passes through: create-if-absent handles it)."""
     try:
-        # run_in_executor: to_thread's context copy and partial are not needed here
-        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        return await threads.run(fn, *args)
     except FileExistsError:
         raise
     except OSError as exc:
