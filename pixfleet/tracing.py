@@ -57,6 +57,11 @@ def span(
         yield None
         return
     trace, propagator = otel
+    if isinstance(trace.get_tracer_provider(), _off(trace)):
+        # No SDK: the span would not record. Skip making it (six per task on a worker) and
+        # yield what its traceparent would be: the parent's, or the current span's.
+        yield parent or _current(trace, propagator)
+        return
     context = propagator.extract({"traceparent": parent}) if parent else None
     tracer = trace.get_tracer(SCOPE)
     with tracer.start_as_current_span(name, context=context, attributes=attributes):
@@ -65,6 +70,21 @@ def span(
         yield carrier.get("traceparent")
 
 
+@functools.cache
+def _off(trace: ModuleType) -> tuple[type, ...]:
+    """The tracer providers that record nothing: the API's proxy while no SDK is set, no-op."""
+    return (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+
+
+def _current(trace: ModuleType, propagator: Any) -> str | None:
+    if not trace.get_current_span().get_span_context().is_valid:
+        return None
+    carrier: dict[str, str] = {}
+    propagator.inject(carrier)
+    return carrier.get("traceparent")
+
+
 def reset() -> None:
     """Forget whether OpenTelemetry is importable (tests that hide or install it)."""
     _otel.cache_clear()
+    _off.cache_clear()
