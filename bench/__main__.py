@@ -4,11 +4,14 @@ baseline measured in the same run, printed as one table and written as JSON.
     python -m bench all --quick            # < 5 minutes on 2 cores
     python -m bench all --amqp URL --kafka URL
     python -m bench images|roundtrip|system
+    python -m bench clean [--amqp URL]     # delete bench groups earlier runs left behind
 
 RabbitMQ: ``--amqp`` (default: the local server on 5672 if one answers). Kafka: ``--kafka``
 (default: a tansu started by ``tests/harness/kafka.py`` when its wheel is installed). A
-transport that cannot be had prints its rows as n/a. The older single-purpose scripts
-(``bench.throughput``, ``bench.transports``, ``bench.http``) stay as they were.
+transport that cannot be had prints its rows as n/a. Every row deletes the group and reply
+channels it made on the broker, also when it fails (``bench/cleanup.py``). The older
+single-purpose scripts (``bench.throughput``, ``bench.transports``, ``bench.http``) stay as
+they were.
 """
 
 from __future__ import annotations
@@ -26,11 +29,13 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from bench import vips
+from bench.cleanup import sweep
 from bench.images import image_rows, make_photo
 from bench.report import Row, format_table, machine, write_json
 from bench.rows import round_trip_rows, system_rows
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
+LOCAL_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 
 
 @dataclass(frozen=True)
@@ -64,9 +69,7 @@ def broker_urls(args: argparse.Namespace) -> Iterator[dict[str, str]]:
         if args.smoke:
             yield urls
             return
-        amqp = args.amqp or (
-            "amqp://guest:guest@127.0.0.1:5672/" if _answers("127.0.0.1", 5672) else ""
-        )
+        amqp = args.amqp or (LOCAL_AMQP if _answers("127.0.0.1", 5672) else "")
         if amqp:
             urls["amqp"] = amqp
         with _kafka(args.kafka) as kafka:
@@ -101,13 +104,17 @@ def versions() -> dict[str, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("section", choices=("all", "images", "roundtrip", "system"))
+    parser.add_argument("section", choices=("all", "images", "roundtrip", "system", "clean"))
     parser.add_argument("--quick", action="store_true", help="fewer samples: < 5 minutes")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, SQLite only: seconds")
     parser.add_argument("--amqp", help="e.g. amqp://guest:guest@127.0.0.1:5672/")
     parser.add_argument("--kafka", help="e.g. kafka://127.0.0.1:9092?idempotence=false")
     parser.add_argument("--json", type=Path, default=RESULTS)
     args = parser.parse_args()
+    if args.section == "clean":
+        swept = asyncio.run(sweep(args.amqp or LOCAL_AMQP))
+        print(f"deleted {len(swept)} bench group(s): {' '.join(swept)}")
+        return
     scale = SCALES["smoke" if args.smoke else "quick" if args.quick else "full"]
     started = time.perf_counter()
     rows: list[Row] = []

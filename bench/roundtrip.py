@@ -15,11 +15,11 @@ import signal
 import subprocess
 import sys
 import tempfile
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing
 from pathlib import Path
 
+from bench.cleanup import Declared, declared
 from bench.loop import RoundTrips, measure
 from brokers import Transport, open_transport
 from pixfleet.blobs import store_upload
@@ -80,13 +80,18 @@ class PixfleetClient:
 
 
 async def pixfleet_round_trips(url: str, tasks: int, singles: int) -> RoundTrips:
-    group = f"bench-rt-{uuid.uuid4().hex[:6]}"
+    async with declared(url) as made:  # its group and reply channel deleted afterwards
+        return await _round_trips(url, tasks, singles, made)
+
+
+async def _round_trips(url: str, tasks: int, singles: int, made: Declared) -> RoundTrips:
+    group = made.group("bench-rt")
     with tempfile.TemporaryDirectory(dir=tmpfs_dir()) as tmp:
         blobs = Path(tmp)
         extra = ("-c", "1", "--prefetch", str(WINDOW), "--pipeline", "bench.noop:run")
         async with open_transport(url) as transport:
             blob = await store_upload(FileBlobStore(blobs), b"\xff\xd8 not decoded", "image/jpeg")
-            channel = await transport.open_reply_channel()
+            channel = made.channel(await transport.open_reply_channel())
             with worker_process(url, blobs, group, *extra):
                 await wait_for_consumers(transport, group, 1)
                 client = PixfleetClient(transport, blob, group, channel)

@@ -17,11 +17,11 @@ import multiprocessing
 import statistics
 import tempfile
 import time
-import uuid
 from contextlib import ExitStack, aclosing
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.cleanup import Declared, declared
 from bench.images import thumbs
 from bench.roundtrip import wait_for_consumers, worker_process
 from brokers import Transport, open_transport
@@ -46,8 +46,10 @@ def bare_rate(images: list[bytes], processes: int) -> float:
         return best
 
 
-async def _run_batch(transport: Transport, refs: list[BlobRef], group: str) -> float:
-    channel = await transport.open_reply_channel()
+async def _run_batch(
+    transport: Transport, refs: list[BlobRef], group: str, made: Declared
+) -> float:
+    channel = made.channel(await transport.open_reply_channel())
     tasks = [Task.new(ref, groups=(group,), reply_to=channel) for ref in refs]
     started = time.perf_counter()
     for task in tasks:
@@ -64,11 +66,11 @@ async def _run_batch(transport: Transport, refs: list[BlobRef], group: str) -> f
 
 
 async def _one_by_one(
-    transport: Transport, store: FileBlobStore, images: list[bytes], group: str
+    transport: Transport, store: FileBlobStore, images: list[bytes], group: str, made: Declared
 ) -> tuple[list[float], list[float]]:
     """Milliseconds from the upload (blob stored, task published) to the reply, one at a time,
     and of the pipeline alone in this process on the same photo just before."""
-    channel = await transport.open_reply_channel()
+    channel = made.channel(await transport.open_reply_channel())
     latencies, alone = [], []
     async with aclosing(transport.replies(channel)) as it:
         for data in images:
@@ -93,8 +95,14 @@ class Fleet:
 
 async def fleet(url: str, images: list[bytes], workers: int, *, singles: int = 0) -> Fleet:
     """Images/s of ``workers`` worker processes on ``images`` (the best of ``ROUNDS``), then
-    ``singles`` photos one at a time on the idle fleet."""
-    group = f"bench-sys-{uuid.uuid4().hex[:6]}"
+    ``singles`` photos one at a time on the idle fleet. The group and its reply channels are
+    deleted afterwards (:mod:`bench.cleanup`)."""
+    async with declared(url) as made:
+        return await _fleet(made, images, workers, singles)
+
+
+async def _fleet(made: Declared, images: list[bytes], workers: int, singles: int) -> Fleet:
+    url, group = made.url, made.group("bench-sys")
     argv = ("-c", "1", "--pipeline", "thumbs")
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as procs:
         blobs = Path(tmp)
@@ -104,9 +112,9 @@ async def fleet(url: str, images: list[bytes], workers: int, *, singles: int = 0
             for _ in range(workers):
                 procs.enter_context(worker_process(url, blobs, group, *argv))
             await wait_for_consumers(transport, group, workers)
-            await _run_batch(transport, refs[:workers], group)  # warm-up: pools started
-            rate = max([await _run_batch(transport, refs, group) for _ in range(ROUNDS)])
-            latencies, alone = await _one_by_one(transport, store, images[:singles], group)
+            await _run_batch(transport, refs[:workers], group, made)  # warm-up: pools started
+            rate = max([await _run_batch(transport, refs, group, made) for _ in range(ROUNDS)])
+            latencies, alone = await _one_by_one(transport, store, images[:singles], group, made)
     return Fleet(rate, latencies, alone)
 
 
