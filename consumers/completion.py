@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from brokers.contract import ReplyChannels
@@ -43,7 +44,14 @@ from brokers.policy import RECONNECT
 from pixfleet.blobs import BlobStore
 from pixfleet.envelope import Result, Task
 from pixfleet.errors import BlobError, BrokerBlocked, PixfleetError
-from pixfleet.records import bind_and_read_result, mark_replied, record_result, was_replied
+from pixfleet.records import (
+    bind_and_read_result,
+    mark_dead,
+    mark_replied,
+    record_result,
+    was_dead,
+    was_replied,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +59,8 @@ log = logging.getLogger(__name__)
 #: publishes the reply itself (the recorder is presumed dead after that).
 REPLY_GRACE = 3.0
 _POLL = 0.1
+
+_Mark = Callable[[BlobStore, str, str], Awaitable[bool]]
 
 
 @dataclass(frozen=True)
@@ -134,6 +144,24 @@ class Completions:
                 exc.one_line(),
             )
 
+    async def dead_lettered(self, result: Result, *, attempt: int) -> bool:
+        """Is the dead letter of this recorded ``error`` result marked - now, or for a first
+        delivery (a copy published again) within ``grace`` seconds, like its reply?"""
+        return await self._marked_within(was_dead, result, attempt)
+
+    async def mark_dead(self, result: Result) -> None:
+        """Note the dead letter of a recorded ``error`` result; a mark that cannot be written
+        costs at most one more dead letter of a later copy (logged, not raised)."""
+        try:
+            await mark_dead(self.blobs, result.task_id, result.group)
+        except PixfleetError as exc:
+            log.warning(
+                "task %s [%s]: dead-lettered but not marked (%s); a later copy may repeat it",
+                result.task_id,
+                result.group,
+                exc.one_line(),
+            )
+
     async def _reply_when_unblocked(self, reply_to: str, result: Result) -> None:
         """Publish the reply; while the broker blocks publishers (a memory or disk alarm), hold
         the delivery and try again. Giving the delivery back instead would count a delivery
@@ -157,9 +185,12 @@ class Completions:
 
     async def _replied_within(self, result: Result, attempt: int) -> bool:
         """Is the reply marked - now, or for a first delivery within ``grace`` seconds?"""
+        return await self._marked_within(was_replied, result, attempt)
+
+    async def _marked_within(self, marked: _Mark, result: Result, attempt: int) -> bool:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self.grace if attempt == 1 else 0.0)
-        while not await was_replied(self.blobs, result.task_id, result.group):
+        while not await marked(self.blobs, result.task_id, result.group):
             if loop.time() >= deadline:
                 return False
             await asyncio.sleep(_POLL)

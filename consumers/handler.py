@@ -117,7 +117,7 @@ class Handler:
             outcome = await self._failure(delivery, err)
         with Steps(delivery.message, self.events).step("reply"):
             await self.completions.answer(delivery.message, outcome, attempt=delivery.attempt)
-        await self._settle(delivery, outcome.result)
+        await self._settle(delivery, outcome)
         self.health.recovered("settle")
         self._report(delivery.message, outcome)
 
@@ -160,14 +160,30 @@ class Handler:
         self.health.recovered("settle")
         self.events.task_failed(task, err)
 
-    async def _settle(self, delivery: Delivery[Task], result: Result) -> None:
-        """Ack an ``ok`` result; dead-letter an ``error`` one with its reason."""
-        if result.status == "ok":
+    async def _settle(self, delivery: Delivery[Task], outcome: Outcome) -> None:
+        """Ack an ``ok`` result; dead-letter an ``error`` one with its reason, once per task id:
+        a copy that lost the race to record stays silent (the winner's delivery dead-letters,
+        or its redelivery does), and a copy answered from a record whose dead letter is marked
+        is acked - a task published again, or a second retry chain started by a settle that
+        was lost (a Kafka commit refused by a rebalance), adds no second dead letter."""
+        result = outcome.result
+        if result.status == "ok" or (outcome.ran and not outcome.owner):
+            await delivery.ack()
+            return
+        if not outcome.ran and await self.completions.dead_lettered(
+            result, attempt=delivery.attempt
+        ):
+            log.info(
+                "task %s [%s]: dead-lettered before; settled without a second dead letter",
+                result.task_id,
+                result.group,
+            )
             await delivery.ack()
             return
         error = result.error
         reason = f"error[{error.code}]: {error.message}" if error else "error result"
         await delivery.nack(requeue=False, reason=reason)
+        await self.completions.mark_dead(result)
 
     def _report(self, task: Task, outcome: Outcome) -> None:
         result, group = outcome.result, self.settings.group

@@ -12,7 +12,10 @@ every worker (whatever the transport) and every ingress instance:
   of (task id, group), written create-if-absent by the worker *before* it replies, so exactly one
   result per (task id, group) exists however often the task is published or redelivered;
 * ``records/results/<id[:2]>/<task id>/<group>.replied`` - written once that result's reply was
-  confirmed by the broker, so a redelivery re-publishes a missing reply but never a confirmed one.
+  confirmed by the broker, so a redelivery re-publishes a missing reply but never a confirmed one;
+* ``records/results/<id[:2]>/<task id>/<group>.dead`` - written once an ``error`` result's task
+  was dead-lettered (confirmed), so a later copy of that task (published again, or a second
+  retry chain after a lost settle) is settled without a second dead letter.
 
 Records are JSON envelopes (validated on read, like anything from the wire).
 """
@@ -38,6 +41,10 @@ def result_key(task_id: str, group: str) -> str:
 
 def replied_key(task_id: str, group: str) -> str:
     return check_key(f"{_ROOT}/results/{task_id[:2]}/{task_id}/{group}.replied")
+
+
+def dead_key(task_id: str, group: str) -> str:
+    return check_key(f"{_ROOT}/results/{task_id[:2]}/{task_id}/{group}.dead")
 
 
 async def record_task(store: BlobStore, task: Task) -> Task:
@@ -103,12 +110,13 @@ async def read_result(store: BlobStore, task_id: str, group: str) -> Result | No
 
 async def forget_error(store: BlobStore, task_id: str, group: str) -> bool:
     """Remove the completion record of (task id, group) if it holds an ``error`` result (never
-    an ``ok`` one), its ``replied`` mark first, so that a replayed dead task runs again instead
-    of being answered from the record. True if an error record was removed."""
+    an ``ok`` one), its ``replied`` and ``dead`` marks first, so that a replayed dead task runs
+    again instead of being answered from the record. True if an error record was removed."""
     recorded = await read_result(store, task_id, group)
     if recorded is None or recorded.status != "error":
         return False
     await store.delete(replied_key(task_id, group))
+    await store.delete(dead_key(task_id, group))
     await store.delete(result_key(task_id, group))
     return True
 
@@ -120,6 +128,15 @@ async def mark_replied(store: BlobStore, task_id: str, group: str) -> None:
 
 async def was_replied(store: BlobStore, task_id: str, group: str) -> bool:
     return await store.exists(replied_key(task_id, group))
+
+
+async def mark_dead(store: BlobStore, task_id: str, group: str) -> None:
+    """Note that the task of (task id, group)'s ``error`` result was dead-lettered."""
+    await store.create(dead_key(task_id, group), b"1")
+
+
+async def was_dead(store: BlobStore, task_id: str, group: str) -> bool:
+    return await store.exists(dead_key(task_id, group))
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,14 @@ from pixfleet.blobs import store_upload
 from pixfleet.blobs.file import FileBlobStore
 from pixfleet.envelope import ErrorInfo, Result, Task, WorkerInfo, decode_result, encode
 from pixfleet.errors import BrokerUnavailable, PixfleetError, TaskTimeout
-from pixfleet.records import mark_replied, read_result, record_result, was_replied
+from pixfleet.records import (
+    mark_dead,
+    mark_replied,
+    read_result,
+    record_result,
+    was_dead,
+    was_replied,
+)
 from tests.conftest import BrokerUnderTest
 from tests.helpers import images, pipelines
 from tests.helpers.tasks import unique
@@ -309,6 +316,34 @@ async def test_a_redelivery_of_an_answered_task_is_settled_without_running_or_re
     # The delivery ends the way its recorded result says: ok is acked, error dead-lettered.
     dead = await rig.transport.dead_letters(rig.group)
     assert [d.reason for d in dead] == ([] if ok else ["error[image.invalid]: recorded elsewhere"])
+
+
+async def test_a_failed_task_published_twice_is_dead_lettered_once(rig: Rig) -> None:
+    # The second copy is answered from the error record; the dead letter is marked, so it is
+    # acked instead of dead-lettered again (one dead letter per task id, issue 9's poison row).
+    task = await rig.put(b"this is not an image")
+    await rig.transport.publish(task)
+    stats = await rig.work()
+    assert (stats.failed, stats.duplicates) == (1, 1)
+    assert [r.task_id for r in await rig.replies()] == [task.id]
+    dead = await rig.transport.dead_letters(rig.group)
+    assert [d.task_id for d in dead] == [task.id]
+    assert await was_dead(rig.blobs, task.id, rig.group)
+    assert (await rig.transport.stats(rig.group)).ready == 0
+
+
+async def test_a_copy_of_a_dead_lettered_task_is_acked_without_a_second_dead_letter(
+    rig: Rig,
+) -> None:
+    task = await rig.put(images.jpeg_bytes())
+    await record_result(rig.blobs, rig.recorded_elsewhere(task, ok=False))
+    await mark_replied(rig.blobs, task.id, rig.group)
+    await mark_dead(rig.blobs, task.id, rig.group)
+    stats = await rig.work(pipelines.crash)
+    assert (stats.ok, stats.failed, stats.duplicates) == (0, 0, 1)
+    assert await rig.replies() == []
+    group = await rig.transport.stats(rig.group)
+    assert (group.ready, group.dead) == (0, 0)
 
 
 class RacingStore(FileBlobStore):
