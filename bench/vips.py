@@ -60,18 +60,18 @@ def per_size() -> Callable[[bytes], Outputs] | None:
     return run
 
 
-def one_decode() -> Callable[[bytes], Outputs] | None:
-    """One shrink-on-load decode to 1024 px (kept in memory), 256 px from that result."""
+def one_decode(sizes: tuple[int, int] = SIZES) -> Callable[[bytes], Outputs] | None:
+    """One shrink-on-load decode to the first size (kept in memory), the second from that."""
     vips = _pyvips()
     if vips is None:
         return None
 
     def run(data: bytes) -> Outputs:
         outputs: Outputs = {}
-        big = vips.Image.thumbnail_buffer(data, SIZES[0], size="down").copy_memory()
-        _encode(big, SIZES[0], outputs)
-        small = big.thumbnail_image(SIZES[1], size="down").copy_memory()
-        _encode(small, SIZES[1], outputs)
+        big = vips.Image.thumbnail_buffer(data, sizes[0], size="down").copy_memory()
+        _encode(big, sizes[0], outputs)
+        small = big.thumbnail_image(sizes[1], size="down").copy_memory()
+        _encode(small, sizes[1], outputs)
         return outputs
 
     return run

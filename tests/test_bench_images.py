@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from bench.images import gap_rows, make_photo, psnr_table
+from bench import quality
+from bench.images import Impl, gap_rows, make_photo, psnr_table
 
 
 def _resized(fmt: str, resample: Image.Resampling) -> Callable[[bytes], dict[str, bytes]]:
@@ -49,3 +51,28 @@ def test_gap_rows_give_the_mean_its_range_over_photos_and_each_output() -> None:
     worse = {r.name: r for r in gap_rows({**thumbs, "1024.jpg": [29.0, 30.0]}, vips)}
     assert worse["PSNR thumbs - pyvips"].met is False
     assert worse["PSNR thumbs - pyvips"].note == "2 photos: -0.550 to -0.350 dB each"
+
+
+def test_quality_compares_thumbs_per_photo_at_both_geometries(tmp_path: Path) -> None:
+    photo = tmp_path / "p.jpg"
+    photo.write_bytes(make_photo(390, 260, 3))
+
+    def impls_at(sizes: tuple[int, int]) -> dict[str, Impl]:
+        def stand_in(data: bytes) -> dict[str, bytes]:  # pyvips' place: same sizes, plain JPEG
+            with Image.open(io.BytesIO(data)) as src:
+                out = {}
+                for size in sizes:
+                    im = src.copy()
+                    im.thumbnail((size, size), Image.Resampling.LANCZOS)
+                    buf = io.BytesIO()
+                    im.save(buf, "JPEG", quality=82)
+                    out[f"{size}.jpg"] = buf.getvalue()
+                return out
+
+        return {"thumbs": quality.thumbs_at(sizes), "pyvips": stand_in}
+
+    lines = quality.compare([photo], impls_at)
+    assert lines[0].startswith("p.jpg") and "default" in lines[0] and "256.jpg" in lines[0]
+    assert "bench ratio" in lines[1] and "100.jpg" in lines[1] and "25.jpg" in lines[1]
+    assert [line.split()[1:3] for line in lines[2:4]] == [["large", "jpg"], ["small", "jpg"]]
+    assert lines[-1].startswith("mean, all outputs")
