@@ -54,13 +54,13 @@ N_POISON = N
 #: so of CPU on 2 cores) and on Kafka a rebalance or two (session timeout 2 s). A quarter of
 #: 100 was 75 - 100 deaths: 154 - 177 s on SQLite and RabbitMQ, minutes of rebalances on Kafka.
 #: The cap keeps the deaths of the old 1,000-task row (36 - 48; Kafka's 240-task row: 9).
-#: Kafka's always-transient tasks are capped too, at the old row's 3: a nack whose commit a
-#: rebalance refuses is read again by the partition's new owner and starts a second retry chain
-#: (one more run, one more dead letter; open, docs/reliability.md). At 32 it hit 1 run in 3.
+#: (A nack whose Kafka commit a rebalance refuses starts a second retry chain; its last copy is
+#: answered from the error record whose dead letter is marked, so it adds one run at most and
+#: no dead letter - docs/reliability.md.)
 CAPS = {
     "sqlite": {"kill-worker": 12},
     "amqp": {"kill-worker": 12},
-    "kafka": {"kill-worker": 3, "transient": 3},
+    "kafka": {"kill-worker": 3},
 }
 KILLS = 6
 #: Seconds the poison row may take to answer (Kafka: every worker death is a rebalance).
