@@ -21,8 +21,10 @@
   whole control group) and ``kill -TERM -<pgid>`` reach every process, and the parent drains
   in-flight tasks - a child that died of the signal would turn each of them into a retry. The
   parent ends its children itself: by closing the pool, or by SIGKILL when one is stuck or the
-  pool broke (ProcessPoolExecutor's own SIGTERM to the survivors of a broken pool is ignored,
-  so :meth:`PipelinePool._recycle` kills them).
+  pool broke (:meth:`PipelinePool._recycle`).
+* The children of one generation are :class:`~consumers.children.Children`: one socket pair
+  each, read and written by the event loop (no ``ProcessPoolExecutor``: its manager and feeder
+  threads cost four thread switches per call).
 * Closing the pool waits at most ``shutdown_timeout`` seconds (``worker run --drain-timeout``),
   then kills what is left.
 * Memory, capped: each child's address space is limited (``RLIMIT_AS``, ``worker run
@@ -40,10 +42,10 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Self
 
+from consumers.children import Children
 from consumers.pipelines.base import Pipeline, PipelineOutput
 from consumers.pipelines.progress import Listener, ProgressChannel
 from consumers.poolchild import MIB, child_init, run_in_child
@@ -89,19 +91,19 @@ class PipelinePool:
         self._born = 0.0  # when the current executor was started (monotonic)
         self._renewal: asyncio.Task[None] | None = None
         self._on_recycle = on_recycle
-        self._executor: ProcessPoolExecutor | None = None
+        self._executor: Children | None = None
         self._progress = ProgressChannel(multiprocessing.get_context("spawn"))
-        # Retired pools finishing their tasks: executor -> its shutdown running in a thread.
-        self._retired: dict[ProcessPoolExecutor, asyncio.Future[None]] = {}
+        # Retired pools finishing their tasks: executor -> its shutdown.
+        self._retired: dict[Children, asyncio.Future[None]] = {}
         self.recycled = 0
         self.renewed = 0
 
-    def _new_executor(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(
-            max_workers=self.workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=child_init,
-            initargs=(os.getpid(), self.memory_limit, self._progress.writer),
+    def _new_executor(self) -> Children:
+        return Children(
+            self.workers,
+            multiprocessing.get_context("spawn"),
+            child_init,
+            (os.getpid(), self.memory_limit, self._progress.writer),
         )
 
     async def __aenter__(self) -> Self:
@@ -118,22 +120,18 @@ class PipelinePool:
         self._born = time.monotonic()
         return self
 
-    async def _started(self) -> ProcessPoolExecutor:
+    async def _started(self) -> Children:
         """A new executor whose children have all started (see :meth:`__aenter__`)."""
-        loop = asyncio.get_running_loop()
         for _ in range(START_TRIES):
             executor = self._new_executor()
-            warm = [loop.run_in_executor(executor, os.getpid) for _ in range(self.workers)]
             try:
-                await asyncio.gather(*warm)
+                await executor.start()
                 return executor
             except BrokenProcessPool:
                 log.warning("a pool process died while starting; starting the pool again")
-                _kill_children(executor)
-                executor.shutdown(wait=False, cancel_futures=True)
+                executor.reap()
             except BaseException:  # cancelled while starting: leave no children behind
-                _kill_children(executor)
-                executor.shutdown(wait=False, cancel_futures=True)
+                executor.reap()
                 raise
         raise WorkerCrashed(f"the process pool did not start in {START_TRIES} tries")
 
@@ -181,10 +179,11 @@ class PipelinePool:
         executor = self._executor
         try:
             with self._progress.listening(on_progress) as token:
-                future = executor.submit(run_in_child, pipeline, data, dict(params), limits, token)
+                call = executor.run(run_in_child, pipeline, data, dict(params), limits, token)
                 self._count_task()
                 async with asyncio.timeout(limits.timeout + self.hard_grace):
-                    return await asyncio.wrap_future(future)
+                    out: PipelineOutput = await call
+                    return out
         except TimeoutError:
             self._recycle(executor, "a pipeline ignored its time limit")
             raise TaskTimeout(
@@ -223,7 +222,7 @@ class PipelinePool:
         self._retired[old] = _shut_down(old, cancel=False)
         self._retired[old].add_done_callback(lambda _: self._retired.pop(old, None))
 
-    def _recycle(self, executor: ProcessPoolExecutor, why: str) -> None:
+    def _recycle(self, executor: Children, why: str) -> None:
         """Kill every child of ``executor`` and replace it (once, however many callers see it).
         A retired ``executor`` (no longer the current one) just has its children killed."""
         if executor is not self._executor:
@@ -231,10 +230,11 @@ class PipelinePool:
             return
         log.warning("restarting the process pool: %s", why)
         _kill_children(executor)
-        executor.shutdown(wait=False, cancel_futures=True)
+        self._retired[executor] = _shut_down(executor)  # reaps the killed children
+        self._retired[executor].add_done_callback(lambda _: self._retired.pop(executor, None))
         self._replace(why)
 
-    def _retire(self, executor: ProcessPoolExecutor, why: str) -> None:
+    def _retire(self, executor: Children, why: str) -> None:
         """Send new tasks to a fresh pool; ``executor``'s children finish their tasks and exit."""
         if executor is not self._executor:
             return
@@ -251,16 +251,12 @@ class PipelinePool:
             self._on_recycle(why)
 
 
-def _shut_down(executor: ProcessPoolExecutor, *, cancel: bool = True) -> asyncio.Future[None]:
-    """``executor.shutdown(wait=True)`` in a thread: its children finish their tasks (and the
-    queued ones, unless ``cancel``), then exit."""
-    closing = asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=cancel)
-    return asyncio.ensure_future(closing)
+def _shut_down(executor: Children, *, cancel: bool = True) -> asyncio.Future[None]:
+    """Close ``executor`` in the background: its children finish their tasks (and the queued
+    ones, unless ``cancel``), then exit and are reaped."""
+    return asyncio.ensure_future(executor.close(cancel=cancel))
 
 
-def _kill_children(executor: ProcessPoolExecutor) -> None:
+def _kill_children(executor: Children) -> None:
     """SIGKILL every child of ``executor`` (they ignore SIGTERM)."""
-    # ProcessPoolExecutor has no public way to kill a child; _processes is stable across
-    # CPython 3.8-3.13 and typed in typeshed.
-    for process in list((executor._processes or {}).values()):
-        process.kill()
+    executor.kill()
