@@ -1,7 +1,8 @@
 """The steps of one run, each timed, traced and reported: :class:`Steps`.
 
 Each step (``fetch``, ``queue``, ``process``, ``store``, ``reply``) is a child span of the
-delivery's ``pixfleet.task`` span (:mod:`pixfleet.tracing`; a no-op without OpenTelemetry), and
+delivery's ``pixfleet.task`` span (:mod:`pixfleet.tracing`; none is made while nothing would
+record it: no OpenTelemetry, or no SDK set), and
 its duration goes to the result's ``timings_ms`` and to the listener's
 :meth:`~consumers.events.WorkerEvents.step_timed` (the step histogram of ``/metrics``); its
 start is a progress report (:class:`~consumers.progress.ProgressReporter`). A step that raises
@@ -31,6 +32,7 @@ class Steps:
         self._progress = progress
         self._started = time.perf_counter()
         self._ms: dict[str, float] = {}
+        self._traced = tracing.recording()  # asked once per run, not per step
 
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
@@ -38,7 +40,10 @@ class Steps:
         if self._progress is not None:
             self._progress.report(name)
         try:
-            with tracing.span(name):
+            if self._traced:
+                with tracing.span(name):
+                    yield
+            else:
                 yield
         finally:
             seconds = time.perf_counter() - started

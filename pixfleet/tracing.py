@@ -45,6 +45,14 @@ def available() -> bool:
     return _otel() is not None
 
 
+def recording() -> bool:
+    """Whether a span made now would record: OpenTelemetry is importable and an SDK tracer
+    provider is set. A caller making several spans per unit of work (the worker's steps) asks
+    once and skips the others while it is False."""
+    otel = _otel()
+    return otel is not None and not isinstance(otel[0].get_tracer_provider(), _off(otel[0]))
+
+
 @contextmanager
 def span(
     name: str, *, parent: str | None = None, attributes: Attributes | None = None
