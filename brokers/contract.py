@@ -48,6 +48,13 @@ class Delivery(Protocol[M_co]):
         """How many times this message has been delivered to this group (1 on the first)."""
         ...
 
+    @property
+    def held(self) -> bool:
+        """False once the broker is known to have taken the message back unsettled (its
+        channel closed, its partition revoked): it is or will be delivered again, and a settle
+        of this delivery no longer counts. True while it is held or the transport cannot tell."""
+        ...
+
     async def ack(self) -> None:
         """Mark the message done. Idempotent. Call only after its effects are durable."""
         ...

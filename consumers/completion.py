@@ -22,6 +22,10 @@ The task id is the idempotency key. Every delivery goes through :class:`Completi
    Waiting holds the delivery, so a redelivery must not wait: a worker killed while it waits
    would count one more delivery towards the delivery limit.
 
+A reply still pending when the broker takes its delivery back (``Delivery.held`` turns False:
+its connection was lost and the transport is trying the reply again) is given up: the
+redelivery answers from the record, and both replies would only make a raw duplicate.
+
 A raw duplicate reply remains possible only when a worker dies between a reply's confirm and its
 ``replied`` mark (or when a recorder takes longer than ``grace`` to mark, or its lease expired
 while it still worked): bounded by crashes, and readers keep each (task id, group) once.
@@ -43,7 +47,7 @@ from brokers.contract import ReplyChannels
 from brokers.policy import RECONNECT
 from pixfleet.blobs import BlobStore
 from pixfleet.envelope import Result, Task
-from pixfleet.errors import BlobError, BrokerBlocked, PixfleetError
+from pixfleet.errors import BlobError, BrokerBlocked, BrokerUnavailable, PixfleetError
 from pixfleet.records import (
     bind_and_read_result,
     mark_dead,
@@ -54,6 +58,11 @@ from pixfleet.records import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def _held() -> bool:
+    return True
+
 
 #: Seconds a delivery answered from a record waits for the recorder's ``replied`` mark before it
 #: publishes the reply itself (the recorder is presumed dead after that).
@@ -117,23 +126,26 @@ class Completions:
             outcome = Outcome(result, ran=True, owner=True)
         return Outcome(outcome.result, ran=True, owner=outcome.owner, error=error)
 
-    async def answer(self, task: Task, outcome: Outcome, *, attempt: int) -> None:
+    async def answer(
+        self, task: Task, outcome: Outcome, *, attempt: int, held: Callable[[], bool] = _held
+    ) -> None:
         """Reply for ``outcome`` of delivery number ``attempt`` as the module docstring says,
         then mark the reply. Raises the transport's :class:`~pixfleet.errors.BrokerError` if
-        the reply was not confirmed."""
+        the reply was not confirmed, :class:`BrokerUnavailable` if it was given up because
+        ``held()`` turned False (the delivery's ``held``) while it was pending."""
         result = outcome.result
         if outcome.owner:
-            await self._reply(task, result)
+            await self._reply(task, result, held)
         elif not outcome.ran and not await self._replied_within(result, attempt):
             log.info(
                 "task %s [%s]: its recorded result has no confirmed reply; replying now",
                 task.id,
                 result.group,
             )
-            await self._reply(task, result)
+            await self._reply(task, result, held)
 
-    async def _reply(self, task: Task, result: Result) -> None:
-        await self._reply_when_unblocked(task.reply_to, result)
+    async def _reply(self, task: Task, result: Result, held: Callable[[], bool]) -> None:
+        await self._reply_while_held(task.reply_to, result, held)
         try:
             await mark_replied(self.blobs, result.task_id, result.group)
         except PixfleetError as exc:
@@ -161,6 +173,27 @@ class Completions:
                 result.group,
                 exc.one_line(),
             )
+
+    async def _reply_while_held(
+        self, reply_to: str, result: Result, held: Callable[[], bool]
+    ) -> None:
+        """The reply (:meth:`_reply_when_unblocked`), given up - cancelled, then
+        :class:`BrokerUnavailable` - once ``held()`` is False while it is still pending."""
+        replying = asyncio.ensure_future(self._reply_when_unblocked(reply_to, result))
+        try:
+            while not replying.done():
+                await asyncio.wait({replying}, timeout=_POLL)
+                if not replying.done() and not held():
+                    replying.cancel()
+                    await asyncio.wait({replying})
+        finally:
+            replying.cancel()  # only if this wait was cancelled: it is done otherwise
+        if replying.cancelled():
+            raise BrokerUnavailable(
+                f"reply of task {result.task_id} [{result.group}] given up: the broker took "
+                "its delivery back (the redelivery answers from the record)"
+            )
+        replying.result()
 
     async def _reply_when_unblocked(self, reply_to: str, result: Result) -> None:
         """Publish the reply; while the broker blocks publishers (a memory or disk alarm), hold

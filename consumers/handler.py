@@ -89,6 +89,8 @@ class Handler:
         return {"pixfleet.task_id": task.id, "pixfleet.group": self.settings.group}
 
     async def _nack_quietly(self, delivery: Delivery[Task], reason: str = "") -> None:
+        if not delivery.held:  # the broker took it back: it comes again as it was
+            return
         self.given_back += 1
         delay = self._backoff.delay(delivery.attempt)
         try:
@@ -116,7 +118,9 @@ class Handler:
                 return
             outcome = await self._failure(delivery, err)
         with Steps(delivery.message, self.events).step("reply"):
-            await self.completions.answer(delivery.message, outcome, attempt=delivery.attempt)
+            await self.completions.answer(
+                delivery.message, outcome, attempt=delivery.attempt, held=lambda: delivery.held
+            )
         await self._settle(delivery, outcome)
         self.health.recovered("settle")
         self._report(delivery.message, outcome)

@@ -9,6 +9,8 @@ first publishes the way the AMQP transport does while RabbitMQ blocks its publis
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from brokers.policy import Backoff
@@ -17,7 +19,7 @@ from consumers.completion import Completions
 from pixfleet import records
 from pixfleet.blobs.memory import MemoryBlobStore
 from pixfleet.envelope import Result
-from pixfleet.errors import BrokerBlocked, PublishFailed
+from pixfleet.errors import BrokerBlocked, BrokerUnavailable, PublishFailed
 from tests.helpers.tasks import make_result, make_task
 
 
@@ -68,4 +70,36 @@ async def test_other_broker_errors_still_give_the_delivery_back() -> None:
     with pytest.raises(PublishFailed):
         await done.answer(task, outcome, attempt=1)
     assert replies.sent == []
+    assert not await records.was_replied(store, task.id, "thumbs")
+
+
+class _LostConnectionReplies:
+    """A reply the transport keeps trying (its connection is lost) until it is cancelled."""
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    async def reply(self, reply_to: str, result: Result) -> str:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+        return reply_to
+
+
+async def test_a_pending_reply_is_given_up_once_the_broker_takes_the_delivery_back() -> None:
+    # The redelivery answers from the record: a reply sent too would be a raw duplicate.
+    store = MemoryBlobStore()
+    task = make_task("thumbs")
+    replies = _LostConnectionReplies()
+    done = Completions(store, replies)  # type: ignore[arg-type]  # reason: only reply() is used
+    outcome = await done.record(make_result(task, "thumbs"))
+    held = [True]
+    asyncio.get_running_loop().call_later(0.2, held.clear)  # its channel closes
+
+    with pytest.raises(BrokerUnavailable, match="given up"):
+        async with asyncio.timeout(5):
+            await done.answer(task, outcome, attempt=1, held=lambda: bool(held))
+    assert replies.cancelled
     assert not await records.was_replied(store, task.id, "thumbs")

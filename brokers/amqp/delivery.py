@@ -97,6 +97,11 @@ class AmqpDelivery(Generic[M]):
     _settled: bool = field(default=False, repr=False)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
+    @property
+    def held(self) -> bool:
+        """Its channel is open: once it closes, RabbitMQ has requeued the message."""
+        return _channel_open(self._raw)
+
     async def ack(self) -> None:
         async with self._lock:
             if not self._settled:

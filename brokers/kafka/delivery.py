@@ -49,6 +49,10 @@ class Settler(Protocol):
         """Settling failed: hand the record out again after ``delay`` (or a backoff)."""
         ...
 
+    def owns(self, tp: TopicPartition) -> bool:
+        """Whether ``tp`` is still assigned to this member."""
+        ...
+
 
 @dataclass(eq=False)
 class KafkaDelivery(Generic[M]):
@@ -66,6 +70,11 @@ class KafkaDelivery(Generic[M]):
     _tp: TopicPartition = field(repr=False)
     _record: Record = field(repr=False)
     _settled: bool = field(default=False, repr=False)
+
+    @property
+    def held(self) -> bool:
+        """Its partition is still assigned here (once revoked, the next owner reads it)."""
+        return self._settler.owns(self._tp)
 
     async def ack(self) -> None:
         if self._settled:

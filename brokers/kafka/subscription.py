@@ -237,6 +237,9 @@ class KafkaSubscription(Generic[M]):
         if self._closed and not self._yielded:
             await self._stop()
 
+    def owns(self, tp: TopicPartition) -> bool:
+        return self._member.owns(tp)
+
     def give_back(self, tp: TopicPartition, record: Record, delay: float) -> None:
         """A yielded record comes back unsettled: hand it out again after ``delay`` (at least
         the first reconnect backoff). Its offset stays unfinished meanwhile."""

@@ -35,6 +35,14 @@ class Settler(Protocol):
         ...
 
 
+class Lease(Protocol):
+    """The subscription's heartbeat, which renews every lease it holds."""
+
+    def lapsed(self) -> bool:
+        """Whether no beat renewed the leases for a whole lease: they may have expired."""
+        ...
+
+
 @dataclass(eq=False)
 class SqliteDelivery(Generic[M]):
     """:class:`brokers.contract.Delivery` of a leased row; settling it twice is a no-op.
@@ -48,7 +56,15 @@ class SqliteDelivery(Generic[M]):
     attempt: int
     _settler: Settler = field(repr=False)
     _delivery_id: int = field(repr=False)
+    _lease: Lease = field(repr=False)
     _settled: bool = field(default=False, repr=False)
+
+    @property
+    def held(self) -> bool:
+        """Its lease may still be ours: a beat renewed it less than a lease ago (a claim after
+        the last beat leases for longer; a beat that failed for a whole lease says False
+        early, which only costs a reply that the redelivery gives)."""
+        return not self._lease.lapsed()
 
     async def ack(self) -> None:
         if self._settled:

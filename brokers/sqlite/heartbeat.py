@@ -58,6 +58,7 @@ class Heartbeat:
         self._done = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._next_reap = 0.0
+        self._renewed = 0.0  # time.monotonic() when the last beat that went through began
 
     @property
     def started(self) -> bool:
@@ -72,13 +73,19 @@ class Heartbeat:
         owner, topic, group = self._consumer, self._topic, self._group
         lease, give_back = self._db.settings.lease, list(self.give_back)
         host, pid = socket.gethostname(), os.getpid()
+        began = time.monotonic()
         await self._db.call(
             lambda db: db.heartbeat(
                 owner, topic, group, host=host, pid=pid, lease=lease, give_back=give_back
             ),
             durable=False,
         )
+        self._renewed = began
         self.give_back.difference_update(give_back)
+
+    def lapsed(self) -> bool:
+        """Whether no beat renewed the leases for a whole lease (they may have expired)."""
+        return time.monotonic() >= self._renewed + self._db.settings.lease
 
     async def reap_now_and_then(self) -> None:
         """Release the leases of consumers that died without closing (once a second)."""
@@ -98,8 +105,9 @@ class Heartbeat:
         self._done.set()
 
     async def stop(self) -> None:
-        """Stop now (the transport is closing)."""
+        """Stop now (the transport is closing: it releases the leases)."""
         self._done.set()
+        self._renewed = float("-inf")
         if self._task is not None and not self._task.done():
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

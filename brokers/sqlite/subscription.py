@@ -288,7 +288,7 @@ class SqliteSubscription(Generic[M]):
                 raise
             return None
         self._held.add(item.delivery_id)
-        return SqliteDelivery(message, item.deliveries, self, item.delivery_id)
+        return SqliteDelivery(message, item.deliveries, self, item.delivery_id, self._heart)
 
 
 def _reason(exc: Exception) -> str:

@@ -257,6 +257,17 @@ async def test_close_gives_unsettled_deliveries_back_at_once(broker: BrokerUnder
         assert again.message.id == task.id
 
 
+async def test_a_delivery_is_held_until_its_transport_lets_it_go(broker: BrokerUnderTest) -> None:
+    # A worker gives up a pending reply once its delivery is no longer held (the redelivery
+    # answers from the record): held must turn False when the broker takes the delivery back.
+    group = unique()
+    async with open_transport(broker.url) as transport:
+        await transport.publish(make_task(group))
+        delivery = await next_of(transport.consume(group, prefetch=1))
+        assert delivery.held
+    assert not delivery.held  # closed: the broker has it back (it is delivered again)
+
+
 async def test_backlog_counts_follow_the_lifecycle(broker: BrokerUnderTest) -> None:
     group = unique()
     async with open_transport(broker.url) as transport:

@@ -213,23 +213,21 @@ def _cuts_bound(row: Driven) -> int:
 
 
 def _restarts_bound(row: Driven) -> int:
-    """Raw duplicate results a RabbitMQ restart can cost; a real run's ledger and logs showed
-    four raw copies of one task in flight at one graceful restart (docs/reliability.md).
+    """Raw duplicate results a RabbitMQ restart can cost (docs/reliability.md).
 
-    A worker's reply whose confirm the restart swallowed may be stored (1) and is published
-    again after the reconnect; the delivery, requeued with its channel, is redelivered at once
-    (to any worker: ``--concurrency`` bounds the pipeline, not the replies) and, answered from
-    the record before the first reply is marked, replies too (2). Per restart ``f``:
-    publishes on the wire <= WORKERS (a live channel holds one delivery: prefetch 1) plus the
-    replies still retrying from earlier restarts (<= WORKERS x (f - 1): their delivery is
-    gone, each can still be cut once more), plus WORKERS redeliveries, plus the reader's one
-    unacked result (prefetch 1; its private reply queue is a quorum queue, which keeps acks
-    through a ``kill -9`` - a classic one once handed 261 read results back):
-    sum over f of 2 x WORKERS + 1 + WORKERS x (f - 1). (A task
-    published twice - its publish cut by a restart - is not counted: measured, the 1,000
-    publishes were confirmed 1.2 s in, at 5 % answered; the first restart waits for 20 %.)"""
-    faults = row.report.faults
-    return faults * (2 * WORKERS + 1) + WORKERS * faults * (faults - 1) // 2
+    A worker's reply on the wire when the node goes may be stored though its confirm is lost
+    (1). The worker does not publish it again: its delivery's channel closed with the
+    connection, so the delivery is no longer ``held`` and the pending reply is given up
+    (``consumers/completion.py``); the delivery, requeued, is answered from the record by its
+    redelivery, which replies (2). Per restart: <= WORKERS replies on the wire (a live channel
+    holds one delivery: prefetch 1), one raw copy each, plus the reader's one unacked result
+    read again (prefetch 1; its private reply queue is a quorum queue, which keeps acks through
+    a ``kill -9`` - a classic one once handed 261 read results back): (WORKERS + 1) x restarts.
+    Before the give-up it was 2 x WORKERS + 1 + WORKERS x (f - 1) for restart ``f`` (a retry
+    and the redelivery's reply both went out): 17 for two. (A task published twice - its
+    publish cut by a restart - is not counted: measured, the 1,000 publishes were confirmed
+    1.2 s in, at 5 % answered; the first restart waits for 20 %.)"""
+    return (WORKERS + 1) * row.report.faults
 
 
 async def _amqp_proxy(session_url: str, root: Path) -> Driven:
