@@ -156,6 +156,7 @@ class AlarmReport:
     uploader_error_after: float = -1.0  # seconds from `uploader enqueue`'s start to its error
     uploader_exited_after: float = -1.0  # ... to its exit (closing a blocked connection)
     uploader_error: str = ""  # its error line (the last stderr line)
+    alarm_s: float = 0.0  # seconds from raising the alarm to its clearing
 
 
 def disk_alarm(node: PrivateRabbit, url: str, home: Path, report: AlarmReport) -> Fault:
@@ -166,6 +167,7 @@ def disk_alarm(node: PrivateRabbit, url: str, home: Path, report: AlarmReport) -
     async def fault(run: Run) -> int:
         if not await progress(run, 0.3):
             return 0
+        raised = time.monotonic()
         await asyncio.to_thread(node.disk_alarm, True)
         try:
             started = time.monotonic()
@@ -180,6 +182,7 @@ def disk_alarm(node: PrivateRabbit, url: str, home: Path, report: AlarmReport) -
             report.uploader_error = line
         finally:
             await asyncio.to_thread(node.disk_alarm, False)
+            report.alarm_s = round(time.monotonic() - raised, 2)
         return 1
 
     return fault
