@@ -46,6 +46,7 @@ class AmqpChannels:
         self.topology = Topology(self.settings, self.inspector.groups)
         self._pub: AbstractChannel | None = None
         self._pub_generation = 0
+        self._was_blocked = False  # a publish ended in BrokerBlocked: look before the next one
 
     async def open_channel(self) -> AbstractChannel:
         """A new channel of its own on the consuming connection, one connection attempt at
@@ -158,6 +159,8 @@ class AmqpChannels:
         task or wait per publish). If it is still pending after :data:`BLOCKED_GRACE` seconds
         on a connection RabbitMQ blocks, it is cancelled and :class:`BrokerBlocked` raised (not
         confirmed: a publish already sent may still be stored once the alarm clears)."""
+        if self._was_blocked:
+            await self._until_unblocked()
         channel = await self._publisher()
         watch = _BlockedWatch(self._connection)
         try:
@@ -165,13 +168,31 @@ class AmqpChannels:
                 return await op(channel)
         except asyncio.CancelledError:
             if watch.cancelled_it():
-                raise BrokerBlocked(
-                    f"{self._connection.url} blocks publishers (memory or disk alarm);"
-                    " nothing was confirmed, try again later"
-                ) from None
+                self._was_blocked = True
+                raise self._blocked_error() from None
             raise
         finally:
             watch.stop()
+
+    async def _until_unblocked(self) -> None:
+        """After a publish ended blocked, send nothing more while the alarm lasts: RabbitMQ
+        reads a blocked connection's frames once the alarm clears and stores every one, so
+        each try sent now would be one more copy then. Waits up to :data:`BLOCKED_GRACE`
+        seconds for the connection to be unblocked, else raises :class:`BrokerBlocked` with
+        nothing sent."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + BLOCKED_GRACE
+        while await self._connection.blocked():
+            if loop.time() >= deadline:
+                raise self._blocked_error()
+            await asyncio.sleep(0.1)
+        self._was_blocked = False
+
+    def _blocked_error(self) -> BrokerBlocked:
+        return BrokerBlocked(
+            f"{self._connection.url} blocks publishers (memory or disk alarm);"
+            " nothing was confirmed, try again later"
+        )
 
     async def _publisher(self) -> AbstractChannel:
         """The publishing channel, replaced (with the topology cache) when it or its

@@ -179,8 +179,10 @@ async def test_a_disk_alarm_fails_publishes_fast_and_leaves_acks_flowing(
         try:
             started = time.monotonic()
             with pytest.raises(BrokerBlocked):
-                await transport.publish(make_task(group))
+                await transport.publish(make_task(group))  # sent: stored once the alarm clears
             blocked_after = time.monotonic() - started
+            with pytest.raises(BrokerBlocked):  # a retry while blocked sends nothing
+                await transport.publish(make_task(group))
             async with asyncio.timeout(5):
                 await first.ack()  # on the consuming connection: not blocked
                 second = await anext(sub)  # prefetch 1: only after RabbitMQ took the ack
@@ -190,7 +192,7 @@ async def test_a_disk_alarm_fails_publishes_fast_and_leaves_acks_flowing(
                 third = await anext(sub)
             assert (third.message.id, third.attempt) == (second.message.id, 2)
             await third.ack()
-            closed_after = await _close_blocked(url, group)
+            closed_after = await _close_blocked(url, unique("alarm-close"))
             cli_after, cli_error = await asyncio.to_thread(uploader_during_alarm, url, tmp_path)
         finally:
             await asyncio.to_thread(node.disk_alarm, False)
@@ -203,6 +205,10 @@ async def test_a_disk_alarm_fails_publishes_fast_and_leaves_acks_flowing(
         # (that waited out CLOSE_TIMEOUT, 2 s, before the uploader could exit).
         assert closed_after < 1.0, f"closing a blocked transport took {closed_after:.2f} s"
         await transport.publish(make_task(group))  # publishing works again
+        # Its confirm comes after every earlier frame of the connection was read: the first
+        # blocked publish and this one are stored; the publish and the nack's retry copy tried
+        # during the alarm were never sent (each would be one more copy now).
+        assert (await transport.stats(group)).ready == 2
 
 
 async def _close_blocked(url: str, group: str) -> float:

@@ -21,7 +21,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from brokers.amqp.failures import BLOCKED_GRACE
 from brokers.kafka.settings import KafkaSettings
 from pixfleet.envelope import Task
 from tests.conftest import AMQP_OPTIONS, kafka_under_test, missing_broker
@@ -232,12 +231,11 @@ def _restarts_bound(row: Driven) -> int:
 
 
 def _alarm_bound(alarm: AlarmReport) -> int:
-    """A worker's reply blocked by the alarm is held and tried again (``consumers/completion``)
-    - one try per ``BLOCKED_GRACE`` (1 s) at most - and RabbitMQ stores every try once the
-    alarm clears (the blocked connection's frames are read then): <= WORKERS replies blocked
-    (prefetch 1), each with at most ``alarm_s`` / 1 s extra copies. Open: waiting for the first
-    try's confirm instead would make it 0 (docs/reliability.md)."""
-    return WORKERS * int(alarm.alarm_s / BLOCKED_GRACE)
+    """A worker's reply blocked by the alarm is held and tried again (``consumers/completion``);
+    its first try, sent on the blocked connection, is stored once the alarm clears, and later
+    tries send nothing while the connection is blocked (``AmqpChannels._until_unblocked``) until
+    one is confirmed after it: <= WORKERS replies blocked (prefetch 1), one extra copy each."""
+    return WORKERS if alarm.alarm_s > 0 else 0
 
 
 async def _amqp_proxy(session_url: str, root: Path) -> Driven:
