@@ -146,15 +146,7 @@ class Completions:
 
     async def _reply(self, task: Task, result: Result, held: Callable[[], bool]) -> None:
         await self._reply_while_held(task.reply_to, result, held)
-        try:
-            await mark_replied(self.blobs, result.task_id, result.group)
-        except PixfleetError as exc:
-            log.warning(
-                "task %s [%s]: reply confirmed but not marked (%s); a redelivery may repeat it",
-                result.task_id,
-                result.group,
-                exc.one_line(),
-            )
+        await self._mark(mark_replied, result, "reply confirmed", "a redelivery may repeat it")
 
     async def dead_lettered(self, result: Result, *, attempt: int) -> bool:
         """Is the dead letter of this recorded ``error`` result marked - now, or for a first
@@ -164,14 +156,26 @@ class Completions:
     async def mark_dead(self, result: Result) -> None:
         """Note the dead letter of a recorded ``error`` result; a mark that cannot be written
         costs at most one more dead letter of a later copy (logged, not raised)."""
+        await self._mark(mark_dead, result, "dead-lettered", "a later copy may repeat it")
+
+    async def _mark(
+        self,
+        mark: Callable[[BlobStore, str, str], Awaitable[None]],
+        result: Result,
+        done: str,
+        risk: str,
+    ) -> None:
+        """Write a mark of (task id, group); one that cannot be written is logged, not raised."""
         try:
-            await mark_dead(self.blobs, result.task_id, result.group)
+            await mark(self.blobs, result.task_id, result.group)
         except PixfleetError as exc:
             log.warning(
-                "task %s [%s]: dead-lettered but not marked (%s); a later copy may repeat it",
+                "task %s [%s]: %s but not marked (%s); %s",
                 result.task_id,
                 result.group,
+                done,
                 exc.one_line(),
+                risk,
             )
 
     async def _reply_while_held(
