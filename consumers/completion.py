@@ -69,7 +69,8 @@ def _held() -> bool:
 REPLY_GRACE = 3.0
 _POLL = 0.1
 
-_Mark = Callable[[BlobStore, str, str], Awaitable[bool]]
+_Check = Callable[[BlobStore, str, str], Awaitable[bool]]  # was_replied, was_dead
+_Mark = Callable[[BlobStore, str, str], Awaitable[None]]  # mark_replied, mark_dead
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,7 @@ class Completions:
 
     async def _mark(
         self,
-        mark: Callable[[BlobStore, str, str], Awaitable[None]],
+        mark: _Mark,
         result: Result,
         done: str,
         risk: str,
@@ -224,7 +225,7 @@ class Completions:
         """Is the reply marked - now, or for a first delivery within ``grace`` seconds?"""
         return await self._marked_within(was_replied, result, attempt)
 
-    async def _marked_within(self, marked: _Mark, result: Result, attempt: int) -> bool:
+    async def _marked_within(self, marked: _Check, result: Result, attempt: int) -> bool:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self.grace if attempt == 1 else 0.0)
         while not await marked(self.blobs, result.task_id, result.group):

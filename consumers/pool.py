@@ -158,7 +158,7 @@ class PipelinePool:
         except TimeoutError:
             log.warning("the process pool did not stop in %g s; killing it", self.shutdown_timeout)
             for executor in self._retired:
-                _kill_children(executor)
+                executor.kill()
             await closing
         self._retired.clear()
 
@@ -219,19 +219,17 @@ class PipelinePool:
             return
         self._executor, self._submitted, self._born = fresh, 0, time.monotonic()
         self.renewed += 1
-        self._retired[old] = _shut_down(old, cancel=False)
-        self._retired[old].add_done_callback(lambda _: self._retired.pop(old, None))
+        self._close_aside(old, cancel=False)
 
     def _recycle(self, executor: Children, why: str) -> None:
         """Kill every child of ``executor`` and replace it (once, however many callers see it).
         A retired ``executor`` (no longer the current one) just has its children killed."""
         if executor is not self._executor:
-            _kill_children(executor)
+            executor.kill()
             return
         log.warning("restarting the process pool: %s", why)
-        _kill_children(executor)
-        self._retired[executor] = _shut_down(executor)  # reaps the killed children
-        self._retired[executor].add_done_callback(lambda _: self._retired.pop(executor, None))
+        executor.kill()
+        self._close_aside(executor, cancel=True)  # reaps the killed children
         self._replace(why)
 
     def _retire(self, executor: Children, why: str) -> None:
@@ -239,9 +237,13 @@ class PipelinePool:
         if executor is not self._executor:
             return
         log.warning("replacing the process pool: %s", why)
-        self._retired[executor] = _shut_down(executor, cancel=False)
-        self._retired[executor].add_done_callback(lambda _: self._retired.pop(executor, None))
+        self._close_aside(executor, cancel=False)
         self._replace(why)
+
+    def _close_aside(self, executor: Children, *, cancel: bool) -> None:
+        """Close ``executor`` in the background, kept in ``_retired`` until it is closed."""
+        self._retired[executor] = _shut_down(executor, cancel=cancel)
+        self._retired[executor].add_done_callback(lambda _: self._retired.pop(executor, None))
 
     def _replace(self, why: str) -> None:
         self.recycled += 1
@@ -255,8 +257,3 @@ def _shut_down(executor: Children, *, cancel: bool = True) -> asyncio.Future[Non
     """Close ``executor`` in the background: its children finish their tasks (and the queued
     ones, unless ``cancel``), then exit and are reaped."""
     return asyncio.ensure_future(executor.close(cancel=cancel))
-
-
-def _kill_children(executor: Children) -> None:
-    """SIGKILL every child of ``executor`` (they ignore SIGTERM)."""
-    executor.kill()

@@ -50,7 +50,7 @@ def recording() -> bool:
     provider is set. A caller making several spans per unit of work (the worker's steps) asks
     once and skips the others while it is False."""
     otel = _otel()
-    return otel is not None and not isinstance(otel[0].get_tracer_provider(), _off(otel[0]))
+    return otel is not None and _records(otel[0])
 
 
 @contextmanager
@@ -65,7 +65,7 @@ def span(
         yield None
         return
     trace, propagator = otel
-    if isinstance(trace.get_tracer_provider(), _off(trace)):
+    if not _records(trace):
         # No SDK: the span would not record. Skip making it (six per task on a worker) and
         # yield what its traceparent would be: the parent's, or the current span's.
         yield parent or _current(trace, propagator)
@@ -76,6 +76,11 @@ def span(
         carrier: dict[str, str] = {}
         propagator.inject(carrier)
         yield carrier.get("traceparent")
+
+
+def _records(trace: ModuleType) -> bool:
+    """Whether the tracer provider set now records spans (an SDK one)."""
+    return not isinstance(trace.get_tracer_provider(), _off(trace))
 
 
 @functools.cache
